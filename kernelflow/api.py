@@ -1,0 +1,134 @@
+"""The public functions behind ``import kernelflow as kf``."""
+
+from __future__ import annotations
+
+import difflib
+import secrets
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from .engine import drive
+from .exceptions import InputError, OptionError, PluginError
+from .plugin_host import executors, get_plugin_manager
+from .run import Run
+from .store_access import open_store
+
+if TYPE_CHECKING:  # pragma: no cover
+    import polars as pl
+
+    from .model import Workflow
+
+
+def new_run_id() -> str:
+    """A short random id like ``r-3f9a1c07be``."""
+    return "r-" + secrets.token_hex(5)
+
+
+def check_executors(wf: Workflow, location_of: Callable[[str], str | None] | None = None) -> None:
+    """Fail at definition time if the workflow or a task names an executor nobody registered."""
+    known = executors()
+    wanted = [(None, wf.executor)] + [(t.id, t.options.executor) for t in wf.tasks if t.options.executor]
+    for tid, name in wanted:
+        if name not in known:
+            names = ", ".join(sorted(known)) or "none"
+            where = (location_of(tid) if location_of else None) if tid else None
+            owner = f"task {tid!r}" if tid else f"workflow {wf.name!r}"
+            raise OptionError(
+                f"{owner} asks for executor {name!r}, which is not registered (registered: {names})",
+                location=where,
+                hint="pick a registered executor, or install the plugin that provides this one",
+            )
+
+
+def check_inputs(wf: Workflow, inputs: Mapping[str, Any]) -> None:
+    """Unknown or missing inputs fail before anything is recorded."""
+    declared = {i.name: i for i in wf.inputs}
+    unknown = [name for name in inputs if name not in declared]
+    if unknown:
+        name = unknown[0]
+        hint = difflib.get_close_matches(name, list(declared), n=1)
+        known = ", ".join(declared) or "none (it takes no inputs)"
+        raise InputError(
+            f"workflow {wf.name!r} has no input {name!r}; its inputs are: {known}"
+            + (f". Did you mean {hint[0]!r}?" if hint else "")
+        )
+    for spec in wf.inputs:
+        if spec.required and spec.name not in inputs:
+            needing = [t for t in spec.used_by if not _has_default(wf, t, spec.name)]
+            close = difflib.get_close_matches(spec.name, list(wf.task_ids), n=1)
+            maybe = f" If {spec.name!r} was meant to be the task {close[0]!r}, rename the parameter." if close else ""
+            raise InputError(
+                f"workflow {wf.name!r} needs input {spec.name!r} (a parameter of task "
+                f"{', '.join(repr(t) for t in needing)}); pass {wf.name}.run({spec.name}=...)." + maybe
+            )
+    missing_code = [t for t in wf.task_ids if t not in wf.functions]
+    if missing_code:
+        raise InputError(
+            f"workflow {wf.name!r} has no code for task(s) {', '.join(missing_code)} "
+            "(it was loaded from a definition whose functions are not in the namespace); "
+            "run the cell that defines them, or pass namespace=globals() to Workflow.from_json"
+        )
+
+
+def _has_default(wf: Workflow, task_id: str, param: str) -> bool:
+    return any(p.name == param and p.has_default for p in wf[task_id].params)
+
+
+def run_workflow(workflow: Workflow, inputs: dict[str, Any], *, wait: bool) -> Run:
+    """Start a run of ``workflow``; with ``wait`` drive it here and return it finished."""
+    raise_on_failure = inputs.pop("raise_on_failure", True)
+    run_id = inputs.pop("run_id", None) or new_run_id()
+    check_inputs(workflow, inputs)
+    store = open_store()
+    store.register_workflow(workflow.to_dict())
+    run = Run(workflow, run_id, inputs, store, raise_on_failure=raise_on_failure)
+    for found in get_plugin_manager().hook.kernelflow_run_observers(run=run):
+        run._observers.extend(found or ())
+    if wait:
+        _drive(run, reraise=True)
+        return run.wait()
+    threading.Thread(target=_drive, args=(run,), name=f"kernelflow-run-{run_id}", daemon=True).start()
+    return run
+
+
+def _drive(run: Run, reraise: bool = False) -> None:
+    try:
+        drive(run)
+    except BaseException as exc:
+        run.engine_error = exc
+        run._finish()
+        if reraise:
+            raise
+        return
+    run._finish()
+
+
+def sql(query: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pl.DataFrame:
+    """Query the store with SQL; returns a polars DataFrame.
+
+    Views: ``events``, ``runs``, ``task_attempts``, ``workflows`` (see docs/sql.md).
+    """
+    return open_store().sql(query, params)
+
+
+def workflows() -> pl.DataFrame:
+    """Every workflow version the store has seen run, newest first."""
+    return open_store().sql("SELECT name, version, registered_at, tasks, runs, last_run_at FROM workflows ORDER BY registered_at DESC")
+
+
+def history(limit: int = 20) -> pl.DataFrame:
+    """The most recent runs, newest first."""
+    return open_store().sql(
+        "SELECT run_id, workflow, workflow_version, status, started_at, duration_s, tasks_total, "
+        "tasks_succeeded, tasks_failed, tasks_skipped FROM runs ORDER BY started_at DESC LIMIT ?",
+        [limit],
+    )
+
+
+def plugins() -> list[str]:
+    """Names of the registered plugins."""
+    pm = get_plugin_manager()
+    return sorted(name for name, _ in pm.list_name_plugin())
+
+
+__all__ = ["check_executors", "check_inputs", "history", "new_run_id", "plugins", "run_workflow", "sql", "workflows", "PluginError"]

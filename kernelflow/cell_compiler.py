@@ -1,0 +1,201 @@
+"""Compile the Python body of a ``%%workflow`` cell into a :class:`Workflow`.
+
+The cell runs as ordinary Python in the user's namespace. Every top-level
+``def`` whose name does not start with ``_`` is a task (``_helpers`` are
+not). Line numbers in errors and tracebacks are the cell's own: line 1 is the
+``%%workflow`` line, so the body starts on line 2.
+
+Structure (syntax, duplicate tasks, *args, cycles through parameters) is
+checked before the cell runs; whatever fails, nothing is bound to the
+workflow's name.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import linecache
+import types
+from typing import Any, Callable, MutableMapping
+
+from .decorators import options_of
+from .definitions import check_not_self_dependent, function_of
+from .exceptions import DefinitionError, KernelflowError
+from .fingerprint import ast_fingerprint
+from .model import DEFAULT_EXECUTOR, Param, Task, Workflow
+
+
+def compile_cell(
+    name: str,
+    body: str,
+    namespace: MutableMapping[str, Any],
+    *,
+    max_parallel: int = 8,
+    executor: str = DEFAULT_EXECUTOR,
+    filename: str | None = None,
+    first_line: int = 2,
+    cell_text: str | None = None,
+) -> Workflow:
+    """Run ``body`` in ``namespace`` and return the workflow it defines (not yet bound).
+
+    ``first_line`` is the cell line of the body's first line; ``filename`` is
+    the name tracebacks show (IPython passes its cell filename) and
+    ``cell_text`` the whole cell, registered with linecache so tracebacks from
+    tasks quote the user's lines.
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise DefinitionError(
+            f"workflow name must be a Python identifier, got {name!r}",
+            location="cell line 1",
+            hint="write %%workflow my_flow (letters, digits, underscores)",
+        )
+    filename = filename or f"<workflow {name}>"
+    padded = "\n" * (first_line - 1) + body
+    if cell_text is not None or filename.startswith("<"):
+        text = cell_text if cell_text is not None else padded
+        linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
+
+    try:
+        tree = ast.parse(padded, filename)
+    except SyntaxError as exc:
+        line = exc.lineno or first_line
+        code_line = (exc.text or "").strip()
+        raise DefinitionError(
+            f"syntax error: {exc.msg}" + (f": {code_line}" if code_line else ""),
+            location=f"cell line {line}",
+            hint="fix the Python syntax on that line; nothing was defined",
+        ) from None
+
+    defs = _task_defs(tree)
+    if not defs:
+        raise DefinitionError(
+            f"the cell defines no tasks for workflow {name!r}",
+            location="cell line 1",
+            hint="define at least one top-level function with def (names starting with _ are helpers)",
+        )
+    if name in defs:
+        raise DefinitionError(
+            f"the workflow is named {name!r} like one of its tasks (cell line {defs[name].lineno}), "
+            "and binding the workflow would hide the function",
+            location="cell line 1",
+            hint="rename the workflow or the task",
+        )
+    static_tasks = _static_tasks(defs)
+    # Validate the wiring before running anything (cycles, unknown deps, duplicates).
+    Workflow.build(name, static_tasks, max_parallel=max_parallel, executor=executor)
+
+    code = compile(tree, filename, "exec")
+    source_hash = ast_fingerprint(copy.deepcopy(tree))
+    try:
+        exec(code, namespace)  # noqa: S102 - the cell is the user's own code
+    except KernelflowError as exc:
+        line = _cell_line(exc, filename)
+        if isinstance(exc, DefinitionError) and exc.location is None and line:
+            raise type(exc)(exc.message, location=f"cell line {line}", hint=exc.hint) from None
+        raise
+    except Exception as exc:
+        line = _cell_line(exc, filename)
+        raise DefinitionError(
+            f"the cell raised {type(exc).__name__}: {exc}",
+            location=f"cell line {line}" if line else None,
+            hint="fix the error; the workflow was not defined (definitions made before it stay in the namespace)",
+        ) from exc
+
+    tasks = []
+    functions: dict[str, Callable[..., Any]] = {}
+    for static in static_tasks:
+        obj = namespace.get(static.id)
+        where = f"cell line {static.line}"
+        try:
+            fn = function_of(obj, what=f"{static.id!r}")
+        except DefinitionError as exc:
+            raise DefinitionError(
+                f"task {static.id!r} is not a function after its decorators: {exc.message}",
+                location=where,
+                hint="remove the decorator that replaces it, or rename it with a leading _ to make it a helper",
+            ) from None
+        tasks.append(
+            Task(
+                id=static.id,
+                params=static.params,
+                deps=static.deps,
+                options=options_of(obj),
+                ref=f"python:{static.id}",  # found again by name in the notebook namespace
+                code_hash=static.code_hash,
+                line=static.line,
+            )
+        )
+        functions[static.id] = obj
+    wf = Workflow.build(
+        name,
+        tasks,
+        functions=functions,
+        max_parallel=max_parallel,
+        executor=executor,
+        source=body,
+        source_hash=source_hash,
+    )
+    from .api import check_executors
+
+    check_executors(wf, location_of=lambda tid: f"cell line {wf[tid].line}")
+    return wf
+
+
+def _task_defs(tree: ast.Module) -> dict[str, ast.FunctionDef | ast.AsyncFunctionDef]:
+    defs: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("_"):
+            if node.name in defs:
+                raise DefinitionError(
+                    f"task {node.name!r} is defined twice (cell lines {defs[node.name].lineno} and {node.lineno})",
+                    location=f"cell line {node.lineno}",
+                    hint=f"rename or delete one of the two definitions of {node.name!r}",
+                )
+            defs[node.name] = node
+    return defs
+
+
+def _static_tasks(defs: dict[str, ast.FunctionDef | ast.AsyncFunctionDef]) -> list[Task]:
+    tasks = []
+    for tid, node in defs.items():
+        where = f"cell line {node.lineno}"
+        args = node.args
+        if args.vararg or args.kwarg:
+            raise DefinitionError(
+                f"task {tid!r} takes *args or **kwargs; every parameter must have a name",
+                location=where,
+                hint="name each dependency and input explicitly",
+            )
+        positional = args.posonlyargs + args.args
+        defaults: list[ast.expr | None] = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
+        params = [_param(a, d) for a, d in zip(positional, defaults)]
+        params += [_param(a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults)]
+        check_not_self_dependent(tid, params, location=where)
+        deps = tuple(p.name for p in params if p.name in defs)
+        tasks.append(
+            Task(
+                id=tid,
+                params=tuple(params),
+                deps=deps,
+                code_hash=ast_fingerprint(copy.deepcopy(node)),
+                line=node.lineno,
+            )
+        )
+    return tasks
+
+
+def _param(arg: ast.arg, default: ast.expr | None) -> Param:
+    if default is None:
+        return Param(arg.arg, False, None)
+    return Param(arg.arg, True, ast.unparse(default))
+
+
+def _cell_line(exc: BaseException, filename: str) -> int | None:
+    """The deepest traceback line that is in the cell."""
+    line = None
+    tb: types.TracebackType | None = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == filename:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line

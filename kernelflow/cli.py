@@ -1,0 +1,229 @@
+"""The ``kernelflow`` command.
+
+Exit codes: 0 success; 1 a run or notebook failed, or kernelflow refused
+(the message says why); 2 bad command-line usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .exceptions import KernelflowError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _table(df: Any) -> str:
+    import polars as pl
+
+    with pl.Config(tbl_rows=100, tbl_cols=30, fmt_str_lengths=60, tbl_hide_dataframe_shape=True, tbl_width_chars=200):
+        return str(df)
+
+
+def _store(args: argparse.Namespace) -> Any:
+    from .store_access import open_store
+
+    return open_store(args.store) if args.store else open_store()
+
+
+# --- run ------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    target = Path(args.target)
+    if target.suffix != ".ipynb":
+        print(f"error: {target} is not a notebook (.ipynb); YAML workflow files come with the YAML issue", file=sys.stderr)
+        return EXIT_USAGE
+    if not target.is_file():
+        print(f"error: notebook {target} not found", file=sys.stderr)
+        return EXIT_USAGE
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    parameters = {key: _parse_value(value) for key, value in args.parameter}
+    notebook = target.resolve()
+    output = Path(args.output) if args.output else Path("out") / f"{target.stem}.ipynb"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output = output.resolve()
+    # The kernel runs beside the notebook, so its default store is the
+    # notebook's .kernelflow/; pin it so this process reads the same one.
+    store_dir = os.environ.get("KERNELFLOW_HOME") or str(notebook.parent / ".kernelflow")
+    batch_id = "b-" + secrets.token_hex(5)
+    env = {
+        "KERNELFLOW_HOME": store_dir,
+        "KERNELFLOW_BATCH_ID": batch_id,
+        "KERNELFLOW_VIA": "papermill",
+        "KERNELFLOW_NOTEBOOK": str(notebook),
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel inherits the environment of this process
+    print(f"running {target} with papermill (parameters: {parameters or 'none'})", file=sys.stderr)
+    failed: str | None = None
+    try:
+        papermill.execute_notebook(
+            str(notebook),
+            str(output),
+            parameters=parameters,
+            cwd=str(notebook.parent),
+            progress_bar=not args.no_progress,
+            log_output=False,
+        )
+    except PapermillExecutionError as exc:
+        failed = f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    from .store_access import open_store
+
+    store = open_store(store_dir)
+    runs = store.sql(
+        "SELECT r.run_id, r.workflow, r.status, round(r.duration_s, 3) AS duration_s, r.tasks_total AS tasks, "
+        "r.tasks_succeeded AS succeeded, r.tasks_failed AS failed, r.tasks_skipped AS skipped "
+        "FROM runs r JOIN events e ON e.run_id = r.run_id AND e.type = 'RunStarted' "
+        "WHERE e.payload->>'batch_id' = ? ORDER BY r.started_at",
+        [batch_id],
+    )
+    print(f"runs recorded by this notebook ({len(runs)}, store {store_dir}):")
+    print(_table(runs) if len(runs) else "  (none)")
+    print(f"executed notebook: {output}")
+    if failed:
+        print(f"notebook failed at {failed}", file=sys.stderr)
+        return EXIT_FAILED
+    if len(runs) and (runs["status"] == "failed").any():
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _parse_value(text: str) -> Any:
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+# --- history / show / sql ---------------------------------------------------------
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    where, params = [], []
+    if args.workflow:
+        where.append("workflow = ?")
+        params.append(args.workflow)
+    if args.status:
+        where.append("status = ?")
+        params.append(args.status)
+    clause = f"WHERE {' AND '.join(where)} " if where else ""
+    df = _store(args).sql(
+        "SELECT run_id, workflow, status, started_at, round(duration_s, 3) AS duration_s, tasks_total AS tasks, "
+        f"tasks_succeeded AS ok, tasks_failed AS failed, tasks_skipped AS skipped FROM runs {clause}"
+        "ORDER BY started_at DESC LIMIT ?",
+        params + [args.limit],
+    )
+    if not len(df):
+        print("no runs recorded yet" + (" matching the filters" if where else ""))
+        return EXIT_OK
+    print(_table(df))
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .dag_text import render_text
+    from .model import Workflow
+    from .reducer import fold
+
+    store = _store(args)
+    events = store.read_run(args.run_id)
+    if not events:
+        close = store.sql(
+            "SELECT run_id FROM runs WHERE run_id LIKE ? ORDER BY started_at DESC LIMIT 5", [f"%{args.run_id[-4:]}%"]
+        )
+        hint = f"; similar ids: {', '.join(close['run_id'])}" if len(close) else ""
+        print(f"error: no run {args.run_id!r} in the store at {store.location}{hint}", file=sys.stderr)
+        return EXIT_FAILED
+    state = fold(events)
+    definition = store.sql(
+        "SELECT definition FROM workflows WHERE name = ? AND version = ?", [state.workflow, state.workflow_version]
+    )
+    print(f"run {state.run_id} · workflow {state.workflow} · version {state.workflow_version} · {state.status}")
+    if state.inputs:
+        print("inputs: " + ", ".join(f"{k}={v!r}" for k, v in state.inputs.items()))
+    if len(definition):
+        import orjson
+
+        wf = Workflow.from_dict(orjson.loads(definition["definition"][0]))
+        print(render_text(wf, state).split("\n", 1)[1])
+    attempts = store.sql(
+        "SELECT task_id AS task, attempt, status, round(duration_ms, 2) AS duration_ms, error_type, error_message "
+        "FROM task_attempts WHERE run_id = ? ORDER BY started_at, task_id, attempt",
+        [args.run_id],
+    )
+    print(_table(attempts))
+    for tid in state.failed_tasks:
+        error = state.tasks[tid].error or {}
+        print(f"\n--- {tid} (attempt {state.tasks[tid].attempt}) ---\n{error.get('traceback') or error.get('message')}")
+    return EXIT_OK
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    df = _store(args).sql(args.query)
+    if args.format == "csv":
+        print(df.write_csv(), end="")
+    elif args.format == "json":
+        print(df.write_json())
+    else:
+        print(_table(df))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kernelflow", description="Workflows that live in the notebook.")
+    parser.add_argument("--store", help="store folder (default: $KERNELFLOW_HOME or ./.kernelflow)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="execute a notebook headless with papermill and summarise its runs")
+    p.add_argument("target", help="a notebook (.ipynb)")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="a papermill parameter (repeatable); VALUE is a Python literal or a string")
+    p.add_argument("-o", "--output", help="where to write the executed notebook (default out/NAME.ipynb)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("history", help="recent runs, newest first")
+    p.add_argument("--workflow", help="only this workflow")
+    p.add_argument("--status", choices=["running", "succeeded", "failed"], help="only runs in this status")
+    p.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("show", help="one run: its DAG with statuses, attempts and errors")
+    p.add_argument("run_id")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("sql", help="query the store with SQL (views: events, runs, task_attempts, workflows)")
+    p.add_argument("query")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.set_defaults(func=cmd_sql)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("KERNELFLOW_VIA", "cli")
+    try:
+        return args.func(args)
+    except KernelflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

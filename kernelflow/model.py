@@ -1,0 +1,547 @@
+"""The workflow model: immutable ``Workflow`` and ``Task`` objects.
+
+Every way of defining a workflow (a ``%%workflow`` cell, ``kf.workflow()``,
+a JSON definition) ends here. The model is plain data plus, kept apart and
+never serialised, the Python callables that implement the tasks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Mapping
+
+import orjson
+
+from .durations import format_duration, parse_duration
+from .exceptions import CycleError, DefinitionError, OptionError
+
+FORMAT_VERSION = 1
+BACKOFFS = ("fixed", "exponential")
+DEFAULT_EXECUTOR = "threads"
+# Keyword arguments of Workflow.run() and friends: an input may not share a name.
+RESERVED_INPUT_NAMES = frozenset({"raise_on_failure", "run_id", "store", "observers"})
+
+
+def _option_error(message: str) -> OptionError:
+    return OptionError(message, hint="use one of the accepted values above (help(kf.task) lists every option)")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """Behaviour added by ``@kf.task(...)``; all validated on construction."""
+
+    retries: int = 0
+    backoff: str = "fixed"
+    retry_delay: float = 1.0
+    max_delay: float = 300.0
+    timeout: float | None = None
+    executor: str | None = None
+    after: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            raise _option_error(f"retries must be a whole number >= 0, got {self.retries!r}")
+        if self.backoff not in BACKOFFS:
+            raise _option_error(f"backoff must be one of {', '.join(BACKOFFS)}, got {self.backoff!r}")
+        if isinstance(self.retry_delay, bool) or not isinstance(self.retry_delay, (int, float)) or self.retry_delay < 0:
+            raise _option_error(f"retry_delay must be a number of seconds >= 0, got {self.retry_delay!r}")
+        if isinstance(self.max_delay, bool) or not isinstance(self.max_delay, (int, float)) or self.max_delay < 0:
+            raise _option_error(f"max_delay must be a number of seconds >= 0, got {self.max_delay!r}")
+        if self.executor is not None and (not isinstance(self.executor, str) or not self.executor):
+            raise _option_error(f"executor must be an executor name such as 'threads', got {self.executor!r}")
+        if not all(isinstance(a, str) for a in self.after):
+            raise _option_error(f"after must be a list of task names, got {list(self.after)!r}")
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        retries: int = 0,
+        backoff: str = "fixed",
+        retry_delay: float | str = 1.0,
+        max_delay: float | str = 300.0,
+        timeout: float | str | None = None,
+        executor: str | None = None,
+        after: Iterable[str] | str = (),
+    ) -> TaskOptions:
+        """Options from user-facing values (durations may be strings like ``"30s"``)."""
+        try:
+            delay = 0.0 if retry_delay in (0, 0.0) else parse_duration(retry_delay, what="retry_delay")
+            cap = parse_duration(max_delay, what="max_delay")
+            limit = None if timeout is None else parse_duration(timeout, what="timeout")
+        except ValueError as exc:
+            raise _option_error(str(exc)) from None
+        if isinstance(after, str):
+            after = (after,)
+        try:
+            after_t = tuple(after)
+        except TypeError:
+            raise _option_error(f"after must be a list of task names, got {after!r}") from None
+        return cls(retries, backoff, float(delay), float(cap), limit, executor, after_t)
+
+    def delay_before(self, attempt: int) -> float:
+        """Seconds to wait before ``attempt`` (2 for the first retry)."""
+        n = attempt - 1  # retries done so far, >= 1
+        delay = self.retry_delay if self.backoff == "fixed" else self.retry_delay * 2 ** (n - 1)
+        return min(delay, self.max_delay)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "retries": self.retries,
+            "backoff": self.backoff,
+            "retry_delay": self.retry_delay,
+            "max_delay": self.max_delay,
+            "timeout": self.timeout,
+            "executor": self.executor,
+            "after": list(self.after),
+        }
+
+    def describe(self) -> str:
+        """Non-default options, compactly: ``retries=3 exponential, timeout=30s``."""
+        parts = []
+        if self.retries:
+            parts.append(f"retries={self.retries}" + (" exponential" if self.backoff == "exponential" else ""))
+        if self.timeout is not None:
+            parts.append(f"timeout={format_duration(self.timeout)}")
+        if self.executor:
+            parts.append(f"executor={self.executor}")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """A task parameter: a dependency (named after a task) or a workflow input."""
+
+    name: str
+    has_default: bool = False
+    default_repr: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One step of a workflow.
+
+    ``deps`` are the tasks whose outputs are passed in as parameters of the
+    same name; ``options.after`` adds order-only dependencies.
+    """
+
+    id: str
+    params: tuple[Param, ...]
+    deps: tuple[str, ...]
+    options: TaskOptions = field(default_factory=TaskOptions)
+    ref: str = ""
+    code_hash: str = ""
+    line: int | None = None
+
+    @property
+    def inputs(self) -> tuple[Param, ...]:
+        deps = set(self.deps)
+        return tuple(p for p in self.params if p.name not in deps)
+
+    @property
+    def upstream(self) -> tuple[str, ...]:
+        """Every task this one waits for: data dependencies, then ``after``."""
+        if not self.options.after:
+            return self.deps
+        return self.deps + tuple(a for a in self.options.after if a not in self.deps)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "ref": self.ref,
+            "params": [
+                {"name": p.name, "has_default": p.has_default, "default": p.default_repr} for p in self.params
+            ],
+            "deps": list(self.deps),
+            "options": self.options.to_dict(),
+            "code_hash": self.code_hash,
+            "line": self.line,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Task:
+        opts = dict(d.get("options") or {})
+        opts["after"] = tuple(opts.get("after") or ())
+        return cls(
+            id=d["id"],
+            params=tuple(Param(p["name"], p["has_default"], p.get("default")) for p in d.get("params", ())),
+            deps=tuple(d.get("deps", ())),
+            options=TaskOptions(**opts),
+            ref=d.get("ref", ""),
+            code_hash=d.get("code_hash", ""),
+            line=d.get("line"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowInput:
+    """An input of the workflow: a task parameter that is not a task's name.
+
+    ``required`` when at least one task that takes it has no default; when
+    it is not passed, each task falls back to its own default.
+    """
+
+    name: str
+    required: bool
+    used_by: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """An immutable, validated workflow definition.
+
+    ``version`` is a hash of the definition and the tasks' code: edits to
+    comments, whitespace or docstrings keep it; any edit to behaviour changes
+    it. The callables are held apart (``functions``) and are not part of the
+    JSON form; :meth:`from_json` takes a namespace to find them again.
+    """
+
+    name: str
+    tasks: tuple[Task, ...]
+    max_parallel: int = 8
+    executor: str = DEFAULT_EXECUTOR
+    source: str = ""
+    source_hash: str = ""
+    version: str = ""
+    functions: Mapping[str, Callable[..., Any]] = field(default_factory=dict, compare=False, repr=False)
+    _index: dict[str, Task] = field(default_factory=dict, compare=False, repr=False)
+    _order: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    _inputs: tuple[WorkflowInput, ...] = field(default=(), compare=False, repr=False)
+
+    # Construction goes through build() so every Workflow is validated.
+    @classmethod
+    def build(
+        cls,
+        name: str,
+        tasks: Iterable[Task],
+        *,
+        functions: Mapping[str, Callable[..., Any]] | None = None,
+        max_parallel: int = 8,
+        executor: str = DEFAULT_EXECUTOR,
+        source: str = "",
+        source_hash: str = "",
+    ) -> Workflow:
+        """Validate and freeze a workflow; raises :class:`DefinitionError` subclasses."""
+        if not isinstance(name, str) or not name.isidentifier():
+            raise DefinitionError(
+                f"workflow name must be a Python identifier (it is bound as a variable), got {name!r}",
+                hint="use letters, digits and underscores, not starting with a digit, e.g. etl_daily",
+            )
+        if isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1:
+            raise _option_error(f"max_parallel must be a whole number >= 1, got {max_parallel!r}")
+        if not isinstance(executor, str) or not executor:
+            raise _option_error(f"executor must be an executor name such as 'threads', got {executor!r}")
+        task_list = tuple(tasks)
+        index = _index_tasks(task_list)
+        order = _topological_order(task_list, index)
+        inputs = _collect_inputs(task_list, index)
+        wf = cls(
+            name=name,
+            tasks=task_list,
+            max_parallel=max_parallel,
+            executor=executor,
+            source=source,
+            source_hash=source_hash,
+            functions=dict(functions or {}),
+            _index=index,
+            _order=order,
+            _inputs=inputs,
+        )
+        object.__setattr__(wf, "version", _version_of(wf))
+        return wf
+
+    # --- lookups -------------------------------------------------------------
+
+    def __getitem__(self, task_id: str) -> Task:
+        try:
+            return self._index[task_id]
+        except KeyError:
+            raise KeyError(f"workflow {self.name!r} has no task {task_id!r}; tasks: {', '.join(self._index)}") from None
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._index
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def task_ids(self) -> tuple[str, ...]:
+        return tuple(self._index)
+
+    @property
+    def order(self) -> tuple[str, ...]:
+        """Task ids in a topological order (stable: definition order among equals)."""
+        return self._order
+
+    @property
+    def inputs(self) -> tuple[WorkflowInput, ...]:
+        return self._inputs
+
+    def downstream(self) -> dict[str, list[str]]:
+        """Task id -> the tasks that wait for it."""
+        out: dict[str, list[str]] = {t.id: [] for t in self.tasks}
+        for t in self.tasks:
+            for up in t.upstream:
+                out[up].append(t.id)
+        return out
+
+    def sinks(self) -> tuple[str, ...]:
+        """Tasks nothing depends on: their outputs are the run's output."""
+        down = self.downstream()
+        return tuple(t for t in self._order if not down[t])
+
+    def levels(self) -> list[list[str]]:
+        """Tasks grouped by depth (longest path from a root)."""
+        depth: dict[str, int] = {}
+        for tid in self._order:
+            ups = self._index[tid].upstream
+            depth[tid] = 1 + max((depth[u] for u in ups), default=-1)
+        levels: list[list[str]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
+        for tid in self._order:
+            levels[depth[tid]].append(tid)
+        return levels
+
+    # --- serialisation --------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kernelflow_workflow": FORMAT_VERSION,
+            "name": self.name,
+            "version": self.version,
+            "max_parallel": self.max_parallel,
+            "executor": self.executor,
+            "source": self.source,
+            "source_hash": self.source_hash,
+            "inputs": [{"name": i.name, "required": i.required, "used_by": list(i.used_by)} for i in self._inputs],
+            "tasks": [t.to_dict() for t in self.tasks],
+        }
+
+    def to_json(self) -> str:
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2).decode()
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], namespace: Mapping[str, Any] | None = None) -> Workflow:
+        """Rebuild (and re-validate) a workflow from :meth:`to_dict` output.
+
+        Task functions are looked up by their ``ref``: ``python:NAME`` in
+        ``namespace``, ``module:qualname`` by import. Missing functions are
+        left out of ``functions`` (the definition is still usable for display
+        and history); running such a workflow names what is missing.
+        """
+        fmt = d.get("kernelflow_workflow")
+        if fmt != FORMAT_VERSION:
+            raise DefinitionError(
+                f"not a kernelflow workflow definition (format {fmt!r}, expected {FORMAT_VERSION})",
+                hint="pass the output of Workflow.to_dict()/to_json()",
+            )
+        tasks = [Task.from_dict(t) for t in d["tasks"]]
+        functions = {t.id: fn for t in tasks if (fn := resolve_ref(t.ref, namespace)) is not None}
+        wf = cls.build(
+            d["name"],
+            tasks,
+            functions=functions,
+            max_parallel=d.get("max_parallel", 8),
+            executor=d.get("executor", DEFAULT_EXECUTOR),
+            source=d.get("source", ""),
+            source_hash=d.get("source_hash", ""),
+        )
+        recorded = d.get("version")
+        if recorded and recorded != wf.version:
+            raise DefinitionError(
+                f"definition of {d['name']!r} says version {recorded} but its content hashes to {wf.version}",
+                hint="the JSON was edited by hand; remove the 'version' field to accept the new content",
+            )
+        return wf
+
+    @classmethod
+    def from_json(cls, text: str | bytes, namespace: Mapping[str, Any] | None = None) -> Workflow:
+        return cls.from_dict(orjson.loads(text), namespace)
+
+    def with_options(self, *, max_parallel: int | None = None, executor: str | None = None) -> Workflow:
+        """A copy with workflow-level options changed (a new version)."""
+        return Workflow.build(
+            self.name,
+            self.tasks,
+            functions=self.functions,
+            max_parallel=self.max_parallel if max_parallel is None else max_parallel,
+            executor=self.executor if executor is None else executor,
+            source=self.source,
+            source_hash=self.source_hash,
+        )
+
+    def __repr__(self) -> str:
+        return f"<Workflow {self.name!r} version {self.version}: {len(self.tasks)} tasks>"
+
+    # Running lives in kernelflow.api; these thin methods keep the model the
+    # one object users hold (etl.run(...)), without the model importing the engine.
+    def run(self, **inputs: Any) -> Any:
+        """Run to completion and return the :class:`~kernelflow.Run` (see :func:`kernelflow.api.run`)."""
+        from .api import run_workflow
+
+        return run_workflow(self, inputs, wait=True)
+
+    def start(self, **inputs: Any) -> Any:
+        """Start in the background and return the :class:`~kernelflow.Run` at once."""
+        from .api import run_workflow
+
+        return run_workflow(self, inputs, wait=False)
+
+    async def arun(self, **inputs: Any) -> Any:
+        """``await wf.arun(...)``: run without blocking the event loop (Jupyter's included)."""
+        from .api import run_workflow
+
+        run = run_workflow(self, inputs, wait=False)
+        return await run.wait_async()
+
+
+# --- validation ----------------------------------------------------------------
+
+
+def _where(task: Task) -> str | None:
+    return f"cell line {task.line}" if task.line else None
+
+
+def _index_tasks(tasks: tuple[Task, ...]) -> dict[str, Task]:
+    index: dict[str, Task] = {}
+    for t in tasks:
+        if not isinstance(t, Task):
+            raise DefinitionError(f"expected a Task, got {type(t).__name__} {t!r}")
+        if not isinstance(t.id, str) or not t.id.isidentifier():
+            raise DefinitionError(
+                f"task id must be a Python identifier, got {t.id!r}",
+                location=_where(t),
+                hint="rename the task using letters, digits and underscores",
+            )
+        if t.id in index:
+            first = index[t.id]
+            lines = [f"cell line {x.line}" for x in (first, t) if x.line]
+            where = f" ({' and '.join(lines)})" if lines else ""
+            raise DefinitionError(
+                f"task {t.id!r} is defined twice{where}",
+                location=_where(t),
+                hint=f"rename one of the two definitions of {t.id!r}; task ids must be unique",
+            )
+        index[t.id] = t
+    for t in tasks:
+        for up in t.upstream:
+            if up not in index:
+                raise DefinitionError(
+                    f"task {t.id!r} depends on {up!r}, which is not a task of this workflow",
+                    location=_where(t),
+                    hint=f"define a task named {up!r} or remove it from {t.id!r}'s dependencies"
+                    + _did_you_mean(up, index),
+                )
+            if up == t.id:
+                raise CycleError([t.id, t.id], location=_where(t))
+    return index
+
+
+def _did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(candidates), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _topological_order(tasks: tuple[Task, ...], index: dict[str, Task]) -> tuple[str, ...]:
+    """Kahn's algorithm, ties broken by definition order; a cycle raises with its path."""
+    position = {t.id: i for i, t in enumerate(tasks)}
+    waiting = {t.id: len(set(t.upstream)) for t in tasks}
+    down: dict[str, list[str]] = {t.id: [] for t in tasks}
+    for t in tasks:
+        for up in set(t.upstream):
+            down[up].append(t.id)
+    ready = [position[t] for t, n in waiting.items() if n == 0]
+    heapq.heapify(ready)
+    order: list[str] = []
+    while ready:
+        tid = tasks[heapq.heappop(ready)].id
+        order.append(tid)
+        for d in down[tid]:
+            waiting[d] -= 1
+            if waiting[d] == 0:
+                heapq.heappush(ready, position[d])
+    if len(order) != len(tasks):
+        cycle = _find_cycle({t for t, n in waiting.items() if n > 0}, index)
+        lines = [index[t].line for t in cycle[:-1] if index[t].line]
+        where = f"cell lines {', '.join(map(str, lines))}" if lines else None
+        raise CycleError(cycle, location=where)
+    return tuple(order)
+
+
+def _find_cycle(remaining: set[str], index: dict[str, Task]) -> list[str]:
+    # Every task left after Kahn's algorithm waits on another one left, so
+    # walking upstream inside that set must revisit a task: that is a cycle.
+    start = min(remaining)
+    path: list[str] = []
+    seen: dict[str, int] = {}
+    node = start
+    while node not in seen:
+        seen[node] = len(path)
+        path.append(node)
+        node = next(u for u in index[node].upstream if u in remaining)
+    cycle = path[seen[node] :] + [node]
+    cycle.reverse()  # upstream walk -> show it in dependency order: a -> b means b needs a
+    return cycle
+
+
+def _collect_inputs(tasks: tuple[Task, ...], index: dict[str, Task]) -> tuple[WorkflowInput, ...]:
+    found: dict[str, tuple[bool, list[str]]] = {}
+    for t in tasks:
+        for p in t.inputs:
+            if p.name in RESERVED_INPUT_NAMES:
+                raise DefinitionError(
+                    f"task {t.id!r} has a parameter named {p.name!r}, which is reserved for run options",
+                    location=_where(t),
+                    hint=f"rename the parameter; reserved names: {', '.join(sorted(RESERVED_INPUT_NAMES))}",
+                )
+            required, users = found.get(p.name, (False, []))
+            found[p.name] = (required or not p.has_default, users + [t.id])
+    return tuple(WorkflowInput(n, req, tuple(users)) for n, (req, users) in found.items())
+
+
+def _version_of(wf: Workflow) -> str:
+    # The version hashes behaviour only: names, wiring, options and code
+    # fingerprints, never line numbers (moving a cell's code must not change it).
+    body = {
+        "name": wf.name,
+        "max_parallel": wf.max_parallel,
+        "executor": wf.executor,
+        "source_hash": wf.source_hash,
+        "tasks": [
+            {
+                "id": t.id,
+                "params": [[p.name, p.has_default, p.default_repr] for p in t.params],
+                "deps": list(t.deps),
+                "options": t.options.to_dict(),
+                "code_hash": t.code_hash,
+            }
+            for t in wf.tasks
+        ],
+    }
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
+
+
+def resolve_ref(ref: str, namespace: Mapping[str, Any] | None) -> Callable[..., Any] | None:
+    """The callable a task ref names, or None if it cannot be found."""
+    kind, _, target = ref.partition(":")
+    if kind == "python":
+        fn = (namespace or {}).get(target)
+        return fn if callable(fn) else None
+    if not kind or not target:
+        return None
+    import importlib
+
+    try:
+        obj: Any = importlib.import_module(kind)
+        for part in target.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError):
+        return None
+    return obj if callable(obj) else None
+
+
+def replace_task(task: Task, **changes: Any) -> Task:
+    return replace(task, **changes)

@@ -1,0 +1,273 @@
+"""``Run``: the handle users hold for one execution of a workflow."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from .events import Event, current_actor, now_us, us_to_datetime
+from .exceptions import KernelflowError, RunFailedError, TaskFailure
+from .reducer import RunState, apply
+
+if TYPE_CHECKING:  # pragma: no cover
+    import polars as pl
+
+    from .model import Workflow
+    from .observer_api import RunObserver
+    from .store_api import EventStore
+
+_EMPTY: Mapping[str, Any] = {}
+
+
+class Run:
+    """One execution of a workflow.
+
+    ``status`` and ``state`` are live while the run goes on; they are the
+    fold of the run's events (:mod:`kernelflow.reducer`), the same fold
+    anyone can rebuild from the store. ``run["task"]`` is a task's output,
+    ``run.output`` the run's (the single final task's output, or a dict of
+    final tasks' outputs), ``run.events`` its events as a polars DataFrame.
+    """
+
+    def __init__(
+        self,
+        workflow: Workflow,
+        run_id: str,
+        inputs: Mapping[str, Any],
+        store: EventStore,
+        *,
+        raise_on_failure: bool = True,
+    ) -> None:
+        self.run_id = run_id
+        self.workflow = workflow
+        self.inputs = dict(inputs)
+        self.store = store
+        self.raise_on_failure = raise_on_failure
+        self.state = RunState(run_id)
+        self.failures: dict[str, TaskFailure] = {}
+        self._values: dict[str, Any] = {}
+        self._exceptions: dict[str, BaseException] = {}
+        self._seq = 0
+        self._actor = current_actor()
+        self._observers: list[RunObserver] = []
+        self._unseen: list[Event] = []
+        self._done = threading.Event()
+        self._on_done: list[Callable[[Run], None]] = []
+        self._lock = threading.Lock()
+        self.engine_error: BaseException | None = None
+
+    # --- recording (the engine's only way to change state) -------------------
+
+    def _emit(
+        self,
+        type_: str,
+        task_id: str | None = None,
+        attempt: int | None = None,
+        payload: Mapping[str, Any] = _EMPTY,
+    ) -> Event:
+        event = Event(
+            self.run_id,
+            self._seq,
+            now_us(),
+            type_,
+            self.workflow.name,
+            self.workflow.version,
+            task_id,
+            attempt,
+            payload,
+            self._actor,
+        )
+        # The store first: nothing may depend on an event the OS has not got.
+        self.store.append(event)
+        self._seq += 1
+        apply(self.state, event)
+        if self._observers:
+            self._unseen.append(event)
+        return event
+
+    def _notify(self) -> None:
+        if not self._unseen:
+            return
+        batch, self._unseen = self._unseen, []
+        for observer in list(self._observers):
+            try:
+                observer.on_events(self, batch)
+            except Exception as exc:  # noqa: BLE001 - a display must not take the run down
+                self._drop_observer(observer, exc)
+
+    def _finish(self) -> None:
+        self._notify()
+        for observer in list(self._observers):
+            try:
+                observer.on_finish(self)
+            except Exception as exc:  # noqa: BLE001
+                self._drop_observer(observer, exc)
+        with self._lock:
+            self._done.set()
+            callbacks, self._on_done = self._on_done, []
+        for callback in callbacks:
+            callback(self)
+
+    def _drop_observer(self, observer: RunObserver, exc: BaseException) -> None:
+        import warnings
+
+        self._observers.remove(observer)
+        warnings.warn(
+            f"run {self.run_id}: observer {type(observer).__name__} raised {type(exc).__name__}: {exc}; "
+            "it was detached, the run goes on",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+    # --- what users read ---------------------------------------------------------
+
+    @property
+    def status(self) -> str:
+        """``pending``, ``running``, ``succeeded`` or ``failed``."""
+        return self.state.status
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def __getitem__(self, task_id: str) -> Any:
+        """The output of ``task_id`` in this run."""
+        if task_id not in self.workflow:
+            raise KeyError(
+                f"workflow {self.workflow.name!r} has no task {task_id!r}; tasks: {', '.join(self.workflow.task_ids)}"
+            )
+        if task_id in self._values:
+            return self._values[task_id]
+        task = self.state.tasks.get(task_id)
+        if task is None or task.status != "succeeded":
+            status = task.status if task else "pending"
+            detail = ""
+            if task is not None and task.error:
+                detail = f": {task.error.get('exc_type')}: {task.error.get('message')}"
+            elif task is not None and task.reason:
+                detail = f": {task.reason}"
+            raise KernelflowError(
+                f"task {task_id!r} of run {self.run_id} has no output (status {status}{detail})"
+            )
+        if task.output_ref:
+            return self.store.load_artifact(task.output_ref)
+        return task.output
+
+    @property
+    def output(self) -> Any:
+        """The output of the final task, or ``{task: output}`` when several tasks are final."""
+        if self.status != "succeeded":
+            raise KernelflowError(
+                f"run {self.run_id} is {self.status}, so it has no output; "
+                "read the outputs of tasks that succeeded with run['task']"
+            )
+        sinks = self.workflow.sinks()
+        if len(sinks) == 1:
+            return self[sinks[0]]
+        return {tid: self[tid] for tid in sinks}
+
+    @property
+    def events(self) -> pl.DataFrame:
+        """This run's events from the store, in ``seq`` order."""
+        return self.store.sql("SELECT * FROM events WHERE run_id = ? ORDER BY seq", [self.run_id])
+
+    @property
+    def tasks(self) -> pl.DataFrame:
+        """One row per task: status, attempt, start/end (UTC), duration, error or skip reason."""
+        import polars as pl
+
+        rows = []
+        for tid in self.workflow.order:
+            t = self.state.tasks.get(tid)
+            if t is None:
+                continue
+            duration = (t.ended_at - t.started_at) / 1000 if t.started_at and t.ended_at else None
+            problem = t.reason or (f"{t.error.get('exc_type')}: {t.error.get('message')}" if t.error else None)
+            rows.append(
+                {
+                    "task": tid,
+                    "status": t.status,
+                    "attempt": t.attempt,
+                    "started_at": us_to_datetime(t.started_at).replace(tzinfo=None) if t.started_at else None,
+                    "ended_at": us_to_datetime(t.ended_at).replace(tzinfo=None) if t.ended_at else None,
+                    "duration_ms": duration,
+                    "problem": problem,
+                }
+            )
+        return pl.DataFrame(
+            rows,
+            schema={
+                "task": pl.String,
+                "status": pl.String,
+                "attempt": pl.Int64,
+                "started_at": pl.Datetime("us"),
+                "ended_at": pl.Datetime("us"),
+                "duration_ms": pl.Float64,
+                "problem": pl.String,
+            },
+        )
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to end (to now while running)."""
+        if self.state.started_at is None:
+            return None
+        end = self.state.ended_at or now_us()
+        return (end - self.state.started_at) / 1_000_000
+
+    def wait(self, timeout: float | None = None) -> Run:
+        """Block until the run ends; raise :class:`RunFailedError` if it failed
+        (unless started with ``raise_on_failure=False``). Returns the run."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"run {self.run_id} still {self.status} after {timeout} s; call wait() again")
+        self._raise_if_failed()
+        return self
+
+    async def wait_async(self) -> Run:
+        """``await run.wait_async()``: wait without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def wake(_: Run) -> None:
+            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(None))
+
+        with self._lock:
+            if self._done.is_set():
+                future.set_result(None)
+            else:
+                self._on_done.append(wake)
+        await future
+        self._raise_if_failed()
+        return self
+
+    def _raise_if_failed(self) -> None:
+        if self.engine_error is not None:
+            raise self.engine_error
+        if self.status == "failed" and self.raise_on_failure:
+            failures = [self.failures[t] for t in self.state.failed_tasks if t in self.failures]
+            error = RunFailedError(self, failures, message=self._failure_message(failures))
+            first = next((self._exceptions[f.task_id] for f in failures if f.task_id in self._exceptions), None)
+            raise error from first
+
+    def _failure_message(self, failures: list[TaskFailure]) -> str | None:
+        if failures:
+            return None
+        return f"run {self.run_id} of workflow {self.workflow.name!r} failed: {self.state.error}"
+
+    # --- display -------------------------------------------------------------------
+
+    def summary(self) -> str:
+        """A few lines for terminals and logs: status, duration, counts, failures."""
+        counts = {k: v for k, v in self.state.counts().items() if v}
+        parts = ", ".join(f"{n} {status}" for status, n in counts.items())
+        duration = self.duration
+        took = f" in {duration:.3f} s" if duration is not None else ""
+        lines = [f"run {self.run_id} of {self.workflow.name} (version {self.workflow.version}): {self.status}{took}; {parts}"]
+        for tid in self.state.failed_tasks:
+            err = self.state.tasks[tid].error or {}
+            lines.append(f"  {tid}: {err.get('exc_type')}: {err.get('message')}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<Run {self.run_id} of {self.workflow.name!r}: {self.status}>"

@@ -1,0 +1,53 @@
+"""The contract between the core and a store plugin.
+
+The core never imports a concrete store: it asks the plugin host for one
+(hook ``kernelflow_open_store``) and talks to it through this protocol.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence, runtime_checkable
+
+if TYPE_CHECKING:  # pragma: no cover
+    import polars as pl
+
+    from .events import Event
+
+
+@runtime_checkable
+class EventStore(Protocol):
+    """Where events, workflow definitions and artifacts are kept.
+
+    Implementations must let several processes append and query at once
+    without lock errors, and must hand each appended event to the OS before
+    :meth:`append` returns, so a killed process loses nothing it appended.
+    """
+
+    location: str
+    """Human-readable location (a path or URL), used in messages."""
+
+    def append(self, event: Event) -> None:
+        """Record one event durably (at least handed to the OS) before returning."""
+
+    def read_run(self, run_id: str) -> list[Event]:
+        """All events of one run, ordered by ``seq``; empty if the run is unknown."""
+
+    def sql(self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pl.DataFrame:
+        """Run a SQL query over the store's views and return a polars DataFrame."""
+
+    def register_workflow(self, definition: Mapping[str, Any]) -> None:
+        """Record a workflow version's JSON definition unless already recorded."""
+
+    def save_artifact(self, run_id: str, task_id: str, attempt: int, value: Any) -> Mapping[str, Any]:
+        """Persist an output too big or too rich for an event payload.
+
+        Returns a JSON-safe reference (at least ``{"ref": str, "format": str}``)
+        that :meth:`load_artifact` accepts. Raises ``TypeError`` (or the
+        serialiser's error) if the value cannot be stored.
+        """
+
+    def load_artifact(self, ref: Mapping[str, Any]) -> Any:
+        """Load a value saved by :meth:`save_artifact`."""
+
+    def close(self) -> None:
+        """Release what the store holds in this process (files, threads)."""

@@ -1,0 +1,72 @@
+"""Every kernelflow hook, in one place.
+
+A plugin is a module or object with functions marked ``@kernelflow.hookimpl``
+and named like the specs below. Register one through the ``kernelflow``
+entry-point group in your package metadata::
+
+    [project.entry-points.kernelflow]
+    my_plugin = "my_package.kernelflow_plugin"
+
+Hooks are named by their contract: ``kernelflow_register_*`` return a list
+that is collected from every plugin; ``kernelflow_open_*`` stop at the first
+non-None result. The built-in executors and store use these same hooks
+(``kernelflow.plugins.thread_executor``, ``kernelflow.plugins.folder_store``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kernelflow.executor_api import ExecutorSpec
+    from kernelflow.observer_api import RunObserver
+    from kernelflow.run import Run
+    from kernelflow.store_api import EventStore
+
+PROJECT = "kernelflow"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --- setup: what the host can use ------------------------------------------------
+
+
+@hookspec
+def kernelflow_register_executors() -> list[ExecutorSpec]:
+    """Return the executors this plugin provides, as
+    :class:`kernelflow.executor_api.ExecutorSpec` items.
+
+    Called once, the first time an executor is looked up. Each spec's ``name``
+    is what users write in ``--executor NAME`` or ``@kf.task(executor=NAME)``;
+    two plugins registering the same name is an error naming both.
+    """
+
+
+@hookspec(firstresult=True)
+def kernelflow_open_store(location: str) -> EventStore | None:
+    """Open the store at ``location`` (a folder path or a URL) and return an
+    object implementing :class:`kernelflow.store_api.EventStore`, or ``None``
+    if this plugin does not handle such locations.
+
+    Called when a process first needs the store. Stops at the first non-None
+    result: mark an implementation ``tryfirst=True`` to claim locations (for
+    example ``postgres://`` URLs) before the built-in folder store, which
+    accepts any path.
+    """
+
+
+# --- runs: watching them -----------------------------------------------------------
+
+
+@hookspec
+def kernelflow_run_observers(run: Run) -> list[RunObserver] | None:
+    """Return observers (:class:`kernelflow.observer_api.RunObserver`) that
+    should watch ``run``, or ``None``.
+
+    Called once when a run starts, on the thread that starts it (so a
+    notebook plugin can tell whether the run belongs to the cell being
+    executed). The engine then calls each observer's ``on_events`` with the
+    events it records, and ``on_finish`` when the run ends.
+    """
