@@ -1,0 +1,116 @@
+"""The magics: ``%%workflow`` defines, ``%workflow run`` runs, ``%%kfsql`` queries."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import shlex
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
+
+from kernelflow.cell_compiler import compile_cell
+from kernelflow.exceptions import DefinitionError, OptionError
+from kernelflow.model import Workflow
+
+USAGE = "%%workflow NAME [--max-parallel N] [--executor NAME]   or   %workflow run NAME [input=value ...]"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def parse_value(text: str) -> Any:
+    """``n=3`` gives 3, ``flag=True`` True, ``x=[1,2]`` a list; anything else stays a string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+@magics_class
+class KernelflowMagics(Magics):
+    """kernelflow's magics, registered by ``%load_ext kernelflow``."""
+
+    @magic_arguments()
+    @argument("name", help="the workflow's name; the workflow is bound to it in the namespace")
+    @argument("--max-parallel", type=_positive_int, default=8, help="tasks running at once (default 8)")
+    @argument("--executor", default="threads", help="executor for tasks that do not name one (default threads)")
+    @line_cell_magic
+    def workflow(self, line: str, cell: str | None = None) -> Any:
+        """Define a workflow from a cell (``%%workflow NAME``) or run one (``%workflow run NAME k=v``)."""
+        if cell is None:
+            return self._line(line)
+        try:
+            args = parse_argstring(self.workflow, line)
+        except UsageError as exc:
+            raise OptionError(str(exc), location="cell line 1", hint=f"usage: {USAGE}") from None
+        cell_text = f"%%workflow {line}\n{cell}"
+        filename = self.shell.compile.cache(cell_text, self.shell.execution_count)
+        wf = compile_cell(
+            args.name,
+            cell,
+            self.shell.user_ns,
+            max_parallel=args.max_parallel,
+            executor=args.executor,
+            filename=filename,
+            first_line=2,
+            cell_text=None,
+        )
+        self.shell.user_ns[args.name] = wf
+        display(wf)
+        return None
+
+    def _line(self, line: str) -> Any:
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            raise OptionError(f"cannot parse {line!r}: {exc}", hint=f"usage: {USAGE}") from None
+        if not words or words[0] != "run" or len(words) < 2:
+            raise OptionError(
+                f"unknown use of %workflow: {line!r}",
+                hint=f"usage: {USAGE}; a definition needs the cell form, %%workflow",
+            )
+        name, pairs = words[1], words[2:]
+        wf = self.shell.user_ns.get(name)
+        if not isinstance(wf, Workflow):
+            what = "nothing" if wf is None else f"a {type(wf).__name__}"
+            raise DefinitionError(
+                f"{name!r} is {what}, not a workflow",
+                hint=f"define it first in a cell that starts with %%workflow {name}",
+            )
+        inputs: dict[str, Any] = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or not key.isidentifier():
+                raise OptionError(
+                    f"expected input=value, got {pair!r}",
+                    hint=f"e.g. %workflow run {name} url=https://example.org n=3",
+                )
+            inputs[key] = parse_value(value)
+        return wf.run(**inputs)
+
+    @magic_arguments()
+    @argument("-o", "--output", default=None, help="also bind the result to this variable")
+    @cell_magic
+    def kfsql(self, line: str, cell: str) -> Any:
+        """Query the kernelflow store with SQL; the result is a polars DataFrame."""
+        import kernelflow as kf
+
+        try:
+            args = parse_argstring(self.kfsql, line)
+        except UsageError as exc:
+            raise OptionError(str(exc), location="cell line 1", hint="usage: %%kfsql [-o NAME]") from None
+        result = kf.sql(cell)
+        if args.output:
+            self.shell.user_ns[args.output] = result
+        return result

@@ -1,0 +1,279 @@
+"""The engine, against the real folder store and real threads."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import warnings
+
+import polars as pl
+import pytest
+
+import kernelflow as kf
+from kernelflow import plugin_host
+from kernelflow.reducer import fold
+
+
+def define(name, src, **options):
+    ns: dict = {"kf": kf, "threading": threading}
+    exec(compile(src, f"<{name}>", "exec"), ns)
+    fns = [v for k, v in ns.items() if callable(v) and not k.startswith("_") and k not in ("kf", "threading")]
+    return kf.workflow(name, fns, **options), ns
+
+
+def types_of(run):
+    return list(run.events["type"])
+
+
+def test_outputs_flow_to_dependents_and_run_output_is_the_final_task():
+    wf, _ = define("etl", "def extract(n):\n return list(range(n))\ndef total(extract):\n return sum(extract)\n")
+    run = wf.run(n=5)
+    assert run.status == "succeeded"
+    assert run["extract"] == [0, 1, 2, 3, 4]
+    assert run.output == 10
+    assert types_of(run) == [
+        "RunStarted", "TaskScheduled", "TaskStarted", "TaskSucceeded",
+        "TaskScheduled", "TaskStarted", "TaskSucceeded", "RunSucceeded",
+    ]
+    assert list(run.events["seq"]) == list(range(8))
+    assert fold(run.store.read_run(run.run_id)) == run.state
+
+
+def test_several_final_tasks_give_a_dict_output():
+    wf, _ = define("fan", "def a():\n return 1\ndef b(a):\n return a + 1\ndef c(a):\n return a + 2\n")
+    assert wf.run().output == {"b": 2, "c": 3}
+
+
+def test_max_parallel_is_reached_and_never_exceeded():
+    src = """
+lock = threading.Lock()
+state = {"now": 0, "peak": 0}
+barrier = threading.Barrier(3, timeout=10)
+def _enter():
+    with lock:
+        state["now"] += 1
+        state["peak"] = max(state["peak"], state["now"])
+def _leave():
+    with lock:
+        state["now"] -= 1
+""" + "".join(
+        f"def t{i}():\n    _enter()\n    barrier.wait()\n    _leave()\n" for i in range(6)
+    )
+    wf, ns = define("par", src, max_parallel=3)
+    run = wf.run()  # the barrier breaks (and tasks fail) unless 3 run at once
+    assert run.status == "succeeded"
+    assert ns["state"]["peak"] == 3
+
+
+def test_a_task_starts_as_soon_as_its_own_dependencies_are_done():
+    # `slow` waits until `d` has run: level-by-level scheduling would deadlock it.
+    src = """
+d_ran = threading.Event()
+def a():
+    return 1
+def slow(a):
+    if not d_ran.wait(10):
+        raise RuntimeError("d never ran while slow was running")
+def c(a):
+    return 2
+def d(c):
+    d_ran.set()
+"""
+    wf, _ = define("ready", src, max_parallel=4)
+    assert wf.run().status == "succeeded"
+
+
+def test_failure_skips_dependents_but_independent_branches_finish():
+    src = """
+def root():
+    return 1
+def bad(root):
+    raise ValueError("no good")
+def after_bad(bad):
+    return 1
+def after_after(after_bad):
+    return 1
+def fine(root):
+    return 2
+"""
+    wf, _ = define("fails", src)
+    with pytest.raises(kf.RunFailedError) as err:
+        wf.run()
+    run = err.value.run
+    assert isinstance(err.value.__cause__, ValueError)
+    assert "task 'bad' raised ValueError: no good" in str(err.value)
+    statuses = {t: s.status for t, s in run.state.tasks.items()}
+    assert statuses == {"root": "succeeded", "bad": "failed", "after_bad": "skipped", "after_after": "skipped", "fine": "succeeded"}
+    assert run.state.tasks["after_after"].reason == "upstream task 'bad' failed"
+    assert run.state.failed_tasks == ["bad"]
+    assert "ValueError: no good" in run.failures["bad"].traceback
+    assert 'File "<fails>", line 5, in bad' in run.failures["bad"].traceback  # from the user's frame down
+    with pytest.raises(kf.KernelflowError, match="task 'after_bad' .* has no output \\(status skipped"):
+        run["after_bad"]
+    with pytest.raises(kf.KernelflowError, match="is failed, so it has no output"):
+        run.output
+
+
+def test_raise_on_failure_false_returns_the_failed_run():
+    wf, _ = define("quiet", "def a():\n raise KeyError('k')\n")
+    run = wf.run(raise_on_failure=False)
+    assert run.status == "failed"
+    assert run.state.tasks["a"].error["exc_type"] == "KeyError"
+
+
+def test_retries_with_exponential_backoff_then_success():
+    src = """
+calls = []
+@kf.task(retries=3, backoff="exponential", retry_delay=0.01)
+def flaky():
+    calls.append(1)
+    if len(calls) < 3:
+        raise ConnectionError(f"try {len(calls)}")
+    return len(calls)
+"""
+    wf, ns = define("retry", src)
+    run = wf.run()
+    assert run.output == 3
+    retrying = run.events.filter(pl.col("type") == "TaskRetrying")
+    assert list(retrying["attempt"]) == [1, 2]
+    payloads = [__import__("json").loads(p) for p in retrying["payload"]]
+    assert [p["delay_s"] for p in payloads] == [0.01, 0.02]
+    assert [p["error"]["message"] for p in payloads] == ["try 1", "try 2"]
+    assert run.state.tasks["flaky"].attempt == 3
+    attempts = run.store.sql("SELECT attempt, status, will_retry FROM task_attempts WHERE run_id = ? ORDER BY attempt", [run.run_id])
+    assert attempts.rows() == [(1, "failed", True), (2, "failed", True), (3, "succeeded", False)]
+
+
+def test_retries_exhausted_fail_the_task():
+    wf, _ = define("nope", "@kf.task(retries=2, retry_delay=0)\ndef a():\n raise OSError('down')\n")
+    run = wf.run(raise_on_failure=False)
+    assert types_of(run).count("TaskStarted") == 3
+    assert types_of(run)[-2:] == ["TaskFailed", "RunFailed"]
+
+
+def test_timeout_stops_waiting_and_is_retried_then_recorded():
+    src = """
+release = threading.Event()
+@kf.task(timeout="100ms", retries=1, retry_delay=0)
+def hangs():
+    release.wait(30)
+"""
+    wf, ns = define("slow", src)
+    try:
+        run = wf.run(raise_on_failure=False)
+    finally:
+        ns["release"].set()
+    assert run.state.tasks["hangs"].status == "timed_out"
+    kinds = types_of(run)
+    assert kinds.count("TaskRetrying") == 1 and kinds[-2:] == ["TaskTimedOut", "RunFailed"]
+    assert "longer than its timeout of 100ms" in run.state.tasks["hangs"].error["message"]
+
+
+def test_start_returns_at_once_and_wait_blocks():
+    src = "gate = threading.Event()\ndef a():\n    gate.wait(10)\n    return 'done'\n"
+    wf, ns = define("bg", src)
+    run = wf.start()
+    assert run.status in ("running", "pending") and not run.done
+    ns["gate"].set()
+    assert run.wait(timeout=10).output == "done"
+
+
+def test_arun_inside_a_running_event_loop_and_async_tasks():
+    src = "import asyncio\nasync def a():\n    await asyncio.sleep(0.01)\n    return 2\ndef b(a):\n    return a * 3\n"
+    wf, _ = define("asy", src)
+
+    async def main():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.001)
+
+        t = asyncio.ensure_future(ticker())
+        run = await wf.arun()
+        t.cancel()
+        return run, ticks
+
+    run, ticks = asyncio.run(main())
+    assert run.output == 6
+    assert ticks > 0  # the loop kept turning while the run went on
+
+
+def test_inputs_are_checked_before_anything_is_recorded(tmp_path):
+    wf, _ = define("ins", "def a(url, limit=3):\n    return url\n")
+    with pytest.raises(kf.InputError, match="needs input 'url'"):
+        wf.run()
+    with pytest.raises(kf.InputError, match="has no input 'urll'.*Did you mean 'url'"):
+        wf.run(url="x", urll="y")
+    assert kf.sql("SELECT count(*) AS n FROM events WHERE workflow = 'ins'")["n"][0] == 0
+    assert wf.run(url="x").output == "x"
+
+
+def test_rich_outputs_become_artifacts_and_load_back():
+    src = "import polars as pl\ndef table():\n    return pl.DataFrame({'x': [1, 2, 3]})\ndef pair(table):\n    return (1, 2)\n"
+    wf, _ = define("rich", src)
+    run = wf.run()
+    state = fold(run.store.read_run(run.run_id))
+    ref = state.tasks["table"].output_ref
+    assert ref and state.tasks["table"].output is None
+    assert run.store.load_artifact(ref).equals(pl.DataFrame({"x": [1, 2, 3]}))
+    assert run.store.load_artifact(state.tasks["pair"].output_ref) == (1, 2)  # a tuple is not JSON: pickled
+
+
+def test_unstorable_output_warns_and_the_run_goes_on():
+    wf, _ = define("gen", "def a():\n    return (i for i in range(3))\ndef b(a):\n    return sum(a)\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = wf.run()
+    assert run.output == 3
+    assert any("output of task 'a' (generator) cannot be stored" in str(w.message) for w in caught)
+    assert run.state.tasks["a"].output_stored is False
+
+
+class _Recorder:
+    def __init__(self):
+        self.seen, self.finished = [], []
+
+    def on_events(self, run, events):
+        self.seen.extend(e.seq for e in events)
+
+    def on_finish(self, run):
+        self.finished.append(run.status)
+
+
+class _Broken:
+    def on_events(self, run, events):
+        raise RuntimeError("display broke")
+
+    def on_finish(self, run):
+        pass
+
+
+def test_observers_from_a_plugin_see_every_event_and_a_broken_one_is_dropped():
+    recorder = _Recorder()
+
+    class Plugin:
+        @kf.hookimpl
+        def kernelflow_run_observers(self, run):
+            return [recorder, _Broken()]
+
+    plugin = Plugin()
+    plugin_host.register(plugin, name="test-observers")
+    try:
+        wf, _ = define("watched", "def a():\n    return 1\ndef b(a):\n    return 2\n")
+        with pytest.warns(RuntimeWarning, match="observer _Broken raised RuntimeError: display broke"):
+            run = wf.run()
+    finally:
+        plugin_host.unregister(plugin)
+    assert recorder.seen == list(range(run.state.last_seq + 1))
+    assert recorder.finished == ["succeeded"]
+
+
+def test_run_tasks_table():
+    wf, _ = define("tbl", "def a():\n    return 1\ndef b(a):\n    raise ValueError('x')\n")
+    run = wf.run(raise_on_failure=False)
+    df = run.tasks
+    assert df.columns == ["task", "status", "attempt", "started_at", "ended_at", "duration_ms", "problem"]
+    assert df.rows()[1][:3] == ("b", "failed", 1) and df.rows()[1][6] == "ValueError: x"
