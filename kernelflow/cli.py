@@ -97,8 +97,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if failed:
         print(f"notebook failed at {failed}", file=sys.stderr)
         return EXIT_FAILED
-    if len(runs) and (runs["status"] == "failed").any():
-        return EXIT_FAILED
+    # The notebook decides: a cell that runs a failing workflow raises and
+    # fails the notebook; a run the notebook chose to tolerate
+    # (raise_on_failure=False) is reported but does not fail the batch.
+    n_failed = int((runs["status"] == "failed").sum()) if len(runs) else 0
+    if n_failed:
+        print(f"note: {n_failed} run(s) failed and the notebook handled them", file=sys.stderr)
     return EXIT_OK
 
 
