@@ -13,7 +13,7 @@ workflow's name.
 from __future__ import annotations
 
 import ast
-import copy
+import hashlib
 import linecache
 import types
 from typing import Any, Callable, MutableMapping
@@ -21,8 +21,8 @@ from typing import Any, Callable, MutableMapping
 from .decorators import options_of
 from .definitions import check_not_self_dependent, function_of
 from .exceptions import DefinitionError, KernelflowError
-from .fingerprint import ast_fingerprint
-from .model import DEFAULT_EXECUTOR, Param, Task, Workflow
+from .fingerprint import strip_docstrings
+from .model import DEFAULT_EXECUTOR, Param, Task, Workflow, gc_paused
 
 
 def compile_cell(
@@ -80,12 +80,14 @@ def compile_cell(
             location="cell line 1",
             hint="rename the workflow or the task",
         )
-    static_tasks = _static_tasks(defs)
-    # Validate the wiring before running anything (cycles, unknown deps, duplicates).
-    Workflow.build(name, static_tasks, max_parallel=max_parallel, executor=executor)
-
-    code = compile(tree, filename, "exec")
-    source_hash = ast_fingerprint(copy.deepcopy(tree))
+    with gc_paused():
+        static_tasks = _static_tasks(defs)
+        # Validate the wiring before running anything (cycles, unknown deps, duplicates).
+        Workflow.build(name, static_tasks, max_parallel=max_parallel, executor=executor)
+        code = compile(tree, filename, "exec")
+        # The code object is independent of the tree now, so fingerprinting may
+        # strip docstrings in place: one pass, no copies.
+        task_hashes, source_hash = _fingerprints(tree)
     try:
         exec(code, namespace)  # noqa: S102 - the cell is the user's own code
     except KernelflowError as exc:
@@ -121,7 +123,7 @@ def compile_cell(
                 deps=static.deps,
                 options=options_of(obj),
                 ref=f"python:{static.id}",  # found again by name in the notebook namespace
-                code_hash=static.code_hash,
+                code_hash=task_hashes[static.id],
                 line=static.line,
             )
         )
@@ -172,16 +174,23 @@ def _static_tasks(defs: dict[str, ast.FunctionDef | ast.AsyncFunctionDef]) -> li
         params += [_param(a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults)]
         check_not_self_dependent(tid, params, location=where)
         deps = tuple(p.name for p in params if p.name in defs)
-        tasks.append(
-            Task(
-                id=tid,
-                params=tuple(params),
-                deps=deps,
-                code_hash=ast_fingerprint(copy.deepcopy(node)),
-                line=node.lineno,
-            )
-        )
+        tasks.append(Task(id=tid, params=tuple(params), deps=deps, line=node.lineno))
     return tasks
+
+
+def _fingerprints(tree: ast.Module) -> tuple[dict[str, str], str]:
+    """Per-task code hashes and the whole cell's hash (helpers and imports are
+    behaviour too), from one dump of each top-level statement."""
+    strip_docstrings(tree)
+    whole = hashlib.sha256()
+    tasks: dict[str, str] = {}
+    for node in tree.body:
+        dumped = ast.dump(node, annotate_fields=False, include_attributes=False).encode()
+        whole.update(dumped)
+        whole.update(b"\x00")
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            tasks[node.name] = hashlib.sha256(dumped).hexdigest()[:16]
+    return tasks, whole.hexdigest()[:16]
 
 
 def _param(arg: ast.arg, default: ast.expr | None) -> Param:

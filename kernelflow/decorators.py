@@ -10,7 +10,7 @@ import inspect
 from typing import Any, Callable, Iterable, TypeVar, overload
 
 from .exceptions import DefinitionError, OptionError
-from .model import TaskOptions
+from .model import DEFAULT_OPTIONS, TaskOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 OPTIONS_ATTR = "__kernelflow_task__"
@@ -86,4 +86,4 @@ def task(
 
 
 def options_of(fn: Callable[..., Any]) -> TaskOptions:
-    return getattr(fn, OPTIONS_ATTR, None) or TaskOptions()
+    return getattr(fn, OPTIONS_ATTR, None) or DEFAULT_OPTIONS

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 from .decorators import options_of
 from .exceptions import DefinitionError
 from .fingerprint import code_fingerprint
-from .model import DEFAULT_EXECUTOR, Param, Task, Workflow
+from .model import DEFAULT_EXECUTOR, Param, Task, Workflow, gc_paused
 
 _CO_VARARGS = inspect.CO_VARARGS
 _CO_VARKEYWORDS = inspect.CO_VARKEYWORDS
@@ -105,7 +105,15 @@ def workflow(
             f"workflow {name!r}: functions must be a list of functions, got {type(functions).__name__}",
             hint=f"kf.workflow({name!r}, [extract, clean, publish])",
         )
-    items = list(functions)
+    with gc_paused():
+        wf = _workflow_from(name, list(functions), max_parallel, executor)
+    from .api import check_executors  # the plugin host is only needed once the model is valid
+
+    check_executors(wf)
+    return wf
+
+
+def _workflow_from(name: str, items: list[Any], max_parallel: int, executor: str) -> Workflow:
     plain = [function_of(f, what=f"workflow {name!r}: item {i}") for i, f in enumerate(items)]
     task_names = {fn.__name__ for fn in plain}
     tasks = []
@@ -125,8 +133,4 @@ def workflow(
             )
         )
         callables[fn.__name__] = obj
-    wf = Workflow.build(name, tasks, functions=callables, max_parallel=max_parallel, executor=executor)
-    from .api import check_executors  # the plugin host is only needed once the model is valid
-
-    check_executors(wf)
-    return wf
+    return Workflow.build(name, tasks, functions=callables, max_parallel=max_parallel, executor=executor)

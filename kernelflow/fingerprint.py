@@ -13,7 +13,8 @@ import types
 from typing import Any
 
 
-def _strip_docstrings(tree: ast.AST) -> ast.AST:
+def strip_docstrings(tree: ast.AST) -> ast.AST:
+    """Drop docstrings from every module, class and function in ``tree`` (in place)."""
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             body = node.body
@@ -23,15 +24,6 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
-def ast_fingerprint(node: ast.AST) -> str:
-    """Hash of a syntax tree without docstrings; positions are not part of ``ast.dump``.
-
-    Mutates ``node`` (docstrings are dropped): pass a tree you no longer compile.
-    """
-    dumped = ast.dump(_strip_docstrings(node), annotate_fields=False, include_attributes=False)
-    return hashlib.sha256(dumped.encode()).hexdigest()[:16]
-
-
 def code_fingerprint(fn: types.FunctionType) -> str:
     """Hash of a function's compiled code, for functions whose source we do not parse.
 
@@ -39,24 +31,45 @@ def code_fingerprint(fn: types.FunctionType) -> str:
     table we leave out; the docstring constant is skipped. It is stable for a
     given Python minor version (another version compiles differently).
     """
-    parts: list[bytes] = []
-    _walk_code(fn.__code__, parts, fn.__doc__ if isinstance(fn.__doc__, str) else None)
-    parts.append(_canonical(fn.__defaults__).encode())
-    parts.append(_canonical(sorted((fn.__kwdefaults__ or {}).items())).encode())
-    return hashlib.sha256(b"\x00".join(parts)).hexdigest()[:16]
+    h = hashlib.sha256()
+    doc = fn.__doc__ if isinstance(fn.__doc__, str) else None
+    _walk_code(fn.__code__, h, doc)
+    h.update(_canonical(fn.__defaults__).encode())
+    if fn.__kwdefaults__:
+        h.update(_canonical(sorted(fn.__kwdefaults__.items())).encode())
+    return h.hexdigest()[:16]
 
 
-def _walk_code(code: types.CodeType, parts: list[bytes], doc: Any = None) -> None:
-    parts.append(code.co_code)
-    parts.append(repr((code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars)).encode())
-    parts.append(repr((code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount, code.co_flags)).encode())
-    for i, const in enumerate(code.co_consts):
-        if isinstance(const, types.CodeType):
-            _walk_code(const, parts)
-        elif i == 0 and (const is None or const == doc):
-            continue  # the docstring slot (None when there is no docstring)
+_PLAIN_CONSTANTS = (int, str, float, bytes, bool, type(None))
+
+
+def _walk_code(code: types.CodeType, h: Any, doc: str | None) -> None:
+    h.update(code.co_code)
+    h.update(
+        repr(
+            (
+                code.co_names,
+                code.co_varnames,
+                code.co_freevars,
+                code.co_cellvars,
+                code.co_argcount,
+                code.co_posonlyargcount,
+                code.co_kwonlyargcount,
+                code.co_flags,
+            )
+        ).encode()
+    )
+    consts = code.co_consts
+    if consts and (consts[0] is None or consts[0] == doc):
+        consts = consts[1:]  # the docstring slot (None when there is no docstring)
+    for const in consts:
+        if type(const) is types.CodeType:
+            _walk_code(const, h, None)
+        elif type(const) in _PLAIN_CONSTANTS:
+            h.update(repr(const).encode())
         else:
-            parts.append(_canonical(const).encode())
+            h.update(_canonical(const).encode())
+        h.update(b"\x00")
 
 
 def _canonical(value: Any) -> str:

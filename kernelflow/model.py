@@ -7,6 +7,8 @@ never serialised, the Python callables that implement the tasks.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import heapq
 from dataclasses import dataclass, field, replace
@@ -22,6 +24,23 @@ BACKOFFS = ("fixed", "exponential")
 DEFAULT_EXECUTOR = "threads"
 # Keyword arguments of Workflow.run() and friends: an input may not share a name.
 RESERVED_INPUT_NAMES = frozenset({"raise_on_failure", "run_id", "store", "observers"})
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """Pause the cyclic garbage collector while building a large definition.
+
+    A 10,000-task workflow allocates ~100k small acyclic objects; the
+    collector's generation passes over them cost ~40% of the build and free
+    nothing. Reference counting still frees everything as usual.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _option_error(message: str) -> OptionError:
@@ -98,6 +117,10 @@ class TaskOptions:
             "after": list(self.after),
         }
 
+    def key(self) -> tuple[Any, ...]:
+        """The options as a tuple (for hashing)."""
+        return (self.retries, self.backoff, self.retry_delay, self.max_delay, self.timeout, self.executor, self.after)
+
     def describe(self) -> str:
         """Non-default options, compactly: ``retries=3 exponential, timeout=30s``."""
         parts = []
@@ -108,6 +131,10 @@ class TaskOptions:
         if self.executor:
             parts.append(f"executor={self.executor}")
         return ", ".join(parts)
+
+
+DEFAULT_OPTIONS = TaskOptions()
+_DEFAULT_OPTIONS_DICT = DEFAULT_OPTIONS.to_dict()
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +157,7 @@ class Task:
     id: str
     params: tuple[Param, ...]
     deps: tuple[str, ...]
-    options: TaskOptions = field(default_factory=TaskOptions)
+    options: TaskOptions = DEFAULT_OPTIONS
     ref: str = ""
     code_hash: str = ""
     line: int | None = None
@@ -162,13 +189,18 @@ class Task:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Task:
-        opts = dict(d.get("options") or {})
-        opts["after"] = tuple(opts.get("after") or ())
+        raw = d.get("options")
+        if not raw or raw == _DEFAULT_OPTIONS_DICT:
+            options = DEFAULT_OPTIONS
+        else:
+            opts = dict(raw)
+            opts["after"] = tuple(opts.get("after") or ())
+            options = TaskOptions(**opts)
         return cls(
             id=d["id"],
-            params=tuple(Param(p["name"], p["has_default"], p.get("default")) for p in d.get("params", ())),
+            params=tuple([Param(p["name"], p["has_default"], p.get("default")) for p in d.get("params", ())]),
             deps=tuple(d.get("deps", ())),
-            options=TaskOptions(**opts),
+            options=options,
             ref=d.get("ref", ""),
             code_hash=d.get("code_hash", ""),
             line=d.get("line"),
@@ -224,6 +256,20 @@ class Workflow:
         source_hash: str = "",
     ) -> Workflow:
         """Validate and freeze a workflow; raises :class:`DefinitionError` subclasses."""
+        with gc_paused():
+            return cls._build(name, tasks, functions, max_parallel, executor, source, source_hash)
+
+    @classmethod
+    def _build(
+        cls,
+        name: str,
+        tasks: Iterable[Task],
+        functions: Mapping[str, Callable[..., Any]] | None,
+        max_parallel: int,
+        executor: str,
+        source: str,
+        source_hash: str,
+    ) -> Workflow:
         if not isinstance(name, str) or not name.isidentifier():
             raise DefinitionError(
                 f"workflow name must be a Python identifier (it is bound as a variable), got {name!r}",
@@ -336,7 +382,8 @@ class Workflow:
                 f"not a kernelflow workflow definition (format {fmt!r}, expected {FORMAT_VERSION})",
                 hint="pass the output of Workflow.to_dict()/to_json()",
             )
-        tasks = [Task.from_dict(t) for t in d["tasks"]]
+        with gc_paused():
+            tasks = [Task.from_dict(t) for t in d["tasks"]]
         functions = {t.id: fn for t in tasks if (fn := resolve_ref(t.ref, namespace)) is not None}
         wf = cls.build(
             d["name"],
@@ -490,6 +537,8 @@ def _find_cycle(remaining: set[str], index: dict[str, Task]) -> list[str]:
 def _collect_inputs(tasks: tuple[Task, ...], index: dict[str, Task]) -> tuple[WorkflowInput, ...]:
     found: dict[str, tuple[bool, list[str]]] = {}
     for t in tasks:
+        if not t.params:
+            continue
         for p in t.inputs:
             if p.name in RESERVED_INPUT_NAMES:
                 raise DefinitionError(
@@ -498,7 +547,8 @@ def _collect_inputs(tasks: tuple[Task, ...], index: dict[str, Task]) -> tuple[Wo
                     hint=f"rename the parameter; reserved names: {', '.join(sorted(RESERVED_INPUT_NAMES))}",
                 )
             required, users = found.get(p.name, (False, []))
-            found[p.name] = (required or not p.has_default, users + [t.id])
+            users.append(t.id)
+            found[p.name] = (required or not p.has_default, users)
     return tuple(WorkflowInput(n, req, tuple(users)) for n, (req, users) in found.items())
 
 
@@ -510,18 +560,15 @@ def _version_of(wf: Workflow) -> str:
         "max_parallel": wf.max_parallel,
         "executor": wf.executor,
         "source_hash": wf.source_hash,
-        "tasks": [
-            {
-                "id": t.id,
-                "params": [[p.name, p.has_default, p.default_repr] for p in t.params],
-                "deps": list(t.deps),
-                "options": t.options.to_dict(),
-                "code_hash": t.code_hash,
-            }
-            for t in wf.tasks
-        ],
+        "tasks": [(t.id, t.params, t.deps, t.options.key(), t.code_hash) for t in wf.tasks],
     }
-    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS, default=_hashable)).hexdigest()[:12]
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, Param):
+        return (value.name, value.has_default, value.default_repr)
+    raise TypeError(f"cannot hash {type(value).__name__}")
 
 
 def resolve_ref(ref: str, namespace: Mapping[str, Any] | None) -> Callable[..., Any] | None:
