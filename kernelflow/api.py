@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import secrets
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from .engine import drive
@@ -80,7 +81,7 @@ def run_workflow(workflow: Workflow, inputs: dict[str, Any], *, wait: bool) -> R
     run_id = inputs.pop("run_id", None) or new_run_id()
     check_inputs(workflow, inputs)
     store = open_store()
-    store.register_workflow(workflow.to_dict())
+    _register_once(store, workflow)
     run = Run(workflow, run_id, inputs, store, raise_on_failure=raise_on_failure)
     for found in get_plugin_manager().hook.kernelflow_run_observers(run=run):
         run._observers.extend(found or ())
@@ -89,6 +90,19 @@ def run_workflow(workflow: Workflow, inputs: dict[str, Any], *, wait: bool) -> R
         return run.wait()
     threading.Thread(target=_drive, args=(run,), name=f"kernelflow-run-{run_id}", daemon=True).start()
     return run
+
+
+_registered: weakref.WeakKeyDictionary[Any, set[tuple[str, str]]] = weakref.WeakKeyDictionary()
+
+
+def _register_once(store: Any, workflow: Workflow) -> None:
+    # to_dict() of a large workflow costs more than the run of a small one;
+    # each store records a version once, so ask it once per process.
+    seen = _registered.setdefault(store, set())
+    key = (workflow.name, workflow.version)
+    if key not in seen:
+        store.register_workflow(workflow.to_dict())
+        seen.add(key)
 
 
 def _drive(run: Run, reraise: bool = False) -> None:
