@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .api import history, plugins, sql, workflows
+from .api import history, plugin_names, sql, workflows
 from .decorators import task
 from .definitions import workflow
 from .events import Event
@@ -62,7 +62,7 @@ __all__ = [
     "history",
     "hookimpl",
     "open_store",
-    "plugins",
+    "plugin_names",
     "sql",
     "store_location",
     "task",

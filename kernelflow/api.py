@@ -139,10 +139,10 @@ def history(limit: int = 20) -> pl.DataFrame:
     )
 
 
-def plugins() -> list[str]:
+def plugin_names() -> list[str]:
     """Names of the registered plugins."""
     pm = get_plugin_manager()
     return sorted(name for name, _ in pm.list_name_plugin())
 
 
-__all__ = ["check_executors", "check_inputs", "history", "new_run_id", "plugins", "run_workflow", "sql", "workflows", "PluginError"]
+__all__ = ["check_executors", "check_inputs", "history", "new_run_id", "plugin_names", "run_workflow", "sql", "workflows", "PluginError"]

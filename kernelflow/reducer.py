@@ -117,6 +117,9 @@ def apply(state: RunState, event: ev.Event) -> RunState:
             state.workflow = event.workflow
             state.workflow_version = event.workflow_version
             state.started_at = event.ts
+            state.ended_at = None  # a resumed run is running again
+            state.error = None
+            state.failed_tasks = []
             state.inputs = dict(payload.get("inputs") or {})
             for tid in payload.get("tasks") or ():
                 state.tasks.setdefault(tid, TaskState(tid))

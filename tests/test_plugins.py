@@ -75,7 +75,7 @@ def test_an_installed_third_party_plugin_supplies_an_executor(tmp_path):
             return a + 1
         run = kf.workflow("third_party", [a, b]).run()
         started = kf.sql("SELECT task_id, payload->>'executor' AS ex FROM events WHERE type = 'TaskStarted' ORDER BY seq")
-        print(json.dumps({"output": run.output, "attempts": ATTEMPTS, "started": started.rows(), "plugins": kf.plugins()}))
+        print(json.dumps({"output": run.output, "attempts": ATTEMPTS, "started": started.rows(), "plugins": kf.plugin_names()}))
         """
     )
     env = {**os.environ, "PYTHONPATH": str(target), "KERNELFLOW_HOME": str(tmp_path / "store")}

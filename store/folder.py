@@ -1,0 +1,222 @@
+"""``FolderStore``: the built-in event store, a folder queried with DuckDB."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import weakref
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from kernelflow.events import Event
+
+from . import artifacts
+from .compaction import BackgroundCompactor, compact_closed, compact_segment, list_segments
+from .layout import SCHEMA_VERSION, Layout, ensure_created, migrate, read_marker
+from .query import QueryEngine
+from .registry import WorkflowRegistry
+from .segments import SegmentWriter
+
+if TYPE_CHECKING:  # pragma: no cover
+    import polars as pl
+
+FSYNC_ENV = "KERNELFLOW_FSYNC"
+
+
+def fsync_from_env() -> bool:
+    """``$KERNELFLOW_FSYNC`` set to 1/true/yes/on turns fsync-per-event on."""
+    return os.environ.get(FSYNC_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class FolderStore:
+    """An event store in a folder; implements :class:`kernelflow.store_api.EventStore`.
+
+    Any number of processes may append and query the same folder at once:
+    each writes its own segment file and nobody holds a lock another one
+    waits for. Opening validates what is at ``path`` but creates nothing; the
+    folder appears with the first event, workflow or artifact written.
+
+    Parameters
+    ----------
+    path:
+        The store folder (``~`` is expanded; kept absolute, so a later
+        ``os.chdir`` in the notebook does not move the store).
+    fsync:
+        ``True`` to fsync every event (survives a machine crash, costs about
+        a millisecond per event); default from ``$KERNELFLOW_FSYNC``. Without
+        it each event is handed to the OS before :meth:`append` returns, which
+        survives the process being killed.
+    segment_max_events:
+        Events per segment file before the writer starts a new one and the
+        full one is compacted in the background.
+
+    Raises
+    ------
+    NotAStoreError
+        ``path`` is a file, a non-empty folder without ``store.json``, or its
+        ``store.json`` is damaged or belongs to something else.
+    StoreVersionError
+        The store was written by a newer kernelflow.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, fsync: bool | None = None, segment_max_events: int = 100_000
+    ) -> None:
+        self.path = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+        self.location = str(self.path)
+        self.fsync = fsync_from_env() if fsync is None else bool(fsync)
+        self.layout = Layout(self.path)
+        marker = read_marker(self.layout)
+        if marker is not None:
+            marker = migrate(self.layout, marker)
+        self._marker = marker
+        self._create_lock = threading.Lock()
+        self._compactor = BackgroundCompactor(self.layout)
+        self._own_closed: list[Path] = []
+        self._writer = SegmentWriter(
+            self.layout.segments,
+            fsync=self.fsync,
+            max_events=segment_max_events,
+            before_first_write=self._ensure_created,
+            on_closed=self._segment_closed,
+        )
+        self._query = QueryEngine(self.layout)
+        self._registry = WorkflowRegistry(self.layout)
+        _open_stores.add(self)
+        # Segments left by processes that died (kill -9, os._exit, a crashed
+        # kernel) are compacted by whoever opens the store next.
+        if marker is not None and list_segments(self.layout):
+            self._compactor.submit(None)
+
+    def __repr__(self) -> str:
+        return f"FolderStore({self.location!r}, fsync={self.fsync})"
+
+    def __enter__(self) -> FolderStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def exists(self) -> bool:
+        """Whether the store has been created on disk yet."""
+        return self._marker is not None or read_marker(self.layout) is not None
+
+    @property
+    def schema_version(self) -> int:
+        """The schema of the store on disk (this code's version if not created yet)."""
+        return int(self._marker["schema_version"]) if self._marker else SCHEMA_VERSION
+
+    @property
+    def segment_path(self) -> Path | None:
+        """This process's open segment, if it has appended since the last rotation."""
+        return self._writer.path
+
+    # -- EventStore --------------------------------------------------------------
+
+    def append(self, event: Event) -> None:
+        """Record one event; it is handed to the OS (and fsynced if configured)
+        before this returns, so a killed process loses nothing it appended."""
+        self._writer.append(event.to_json_line())
+
+    def read_run(self, run_id: str) -> list[Event]:
+        """All events of one run ordered by ``seq``; ``[]`` if the run is unknown.
+
+        Events come back equal to what was appended (``ts`` in exact micros).
+        """
+        return [Event.from_dict(row) for row in self._query.run_rows(run_id)]
+
+    def sql(self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pl.DataFrame:
+        """Run SQL over the views ``events``, ``runs``, ``task_attempts`` and
+        ``workflows`` (see docs/store.md); returns a polars DataFrame.
+
+        ``params`` binds ``?`` (a sequence) or ``$name`` (a mapping)
+        placeholders. Errors in the SQL raise :class:`~kernelflow.exceptions.StoreError`
+        with DuckDB's message. Each thread gets its own in-memory DuckDB
+        connection, so temporary tables a query creates stay visible to later
+        queries from the same thread.
+        """
+        return self._query.sql(query, params)
+
+    def register_workflow(self, definition: Mapping[str, Any]) -> None:
+        """Record a workflow version (needs ``name``, ``version``, ``tasks``)
+        unless it is on disk already; repeated calls cost a set lookup."""
+        self._registry.register(definition, fsync=self.fsync, before_write=self._ensure_created)
+
+    def save_artifact(self, run_id: str, task_id: str, attempt: int, value: Any) -> Mapping[str, Any]:
+        """Save a task output: polars DataFrames and pyarrow Tables as Parquet,
+        anything else pickled. Returns ``{"ref", "format", "bytes"}``.
+
+        Raises ``TypeError`` naming the value's type if it cannot be pickled;
+        nothing is written then.
+        """
+        return artifacts.save(
+            self.layout, run_id, task_id, attempt, value, fsync=self.fsync, before_write=self._ensure_created
+        )
+
+    def load_artifact(self, ref: Mapping[str, Any]) -> Any:
+        """Load a value saved by :meth:`save_artifact` (its reference dict, or the ``ref`` path)."""
+        return artifacts.load(self.layout, ref)
+
+    def close(self) -> None:
+        """Close this process's segment and compact it, stop background work,
+        close query connections. The store can still be used afterwards (a
+        new segment is opened on the next append)."""
+        closed = self._writer.close()
+        if closed is not None:
+            self._own_closed.append(closed)
+        self._compactor.stop()
+        self._compact_own()
+        self._query.close()
+
+    # -- maintenance ------------------------------------------------------------------
+
+    def compact(self) -> int:
+        """Compact every closed segment now (this process's open one is left
+        alone); returns how many were compacted."""
+        return compact_closed(self.layout)
+
+    def wait_for_compaction(self, timeout: float | None = None) -> bool:
+        """Wait for background compaction to finish; False if ``timeout`` ran out."""
+        return self._compactor.wait_idle(timeout)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _ensure_created(self) -> None:
+        if self._marker is not None:
+            return
+        with self._create_lock:
+            if self._marker is None:
+                self._marker = migrate(self.layout, ensure_created(self.layout, fsync=self.fsync))
+
+    def _segment_closed(self, path: Path) -> None:
+        self._own_closed.append(path)
+        self._compactor.submit(path)
+
+    def _compact_own(self) -> None:
+        pending = [p for p in self._own_closed if p.exists()]
+        if pending:
+            import duckdb
+
+            con = duckdb.connect()
+            try:
+                for path in pending:
+                    compact_segment(path, self.layout, con)
+            finally:
+                con.close()
+        # What is left is being compacted by another process right now.
+        self._own_closed = [p for p in self._own_closed if p.exists()]
+
+
+_open_stores: weakref.WeakSet[FolderStore] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all_at_exit() -> None:
+    # A clean exit leaves no open segment behind: each process compacts its own.
+    for store in list(_open_stores):
+        try:
+            store.close()
+        except Exception:  # never turn a clean exit into a traceback; the next open compacts
+            pass

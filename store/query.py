@@ -1,0 +1,334 @@
+"""Reading the store with DuckDB, without ever opening a DuckDB database file.
+
+Every query runs on an in-memory DuckDB connection (one per thread: DuckDB
+connections must not be shared between threads). Before each query the
+connection's ``_events_raw`` is brought up to date with the folder:
+
+1. list ``segments/*.jsonl``, THEN ``events/*.parquet`` (this order is what
+   makes the compaction race safe, see ``compaction.py``), and drop segments
+   whose Parquet file exists;
+2. bring the temporary table ``_segment_rows`` up to date with the listed
+   segments: rows of segments that were compacted are deleted, and of every
+   segment only the bytes appended since the last query are read, up to its
+   last complete line (a line still being written waits for the next query).
+   Segments only ever grow, so a live writer's 100,000-event segment costs
+   its new lines, not a re-read. Having the rows in a table also makes every
+   view in one query see the same events;
+3. point ``_events_raw`` at ``_segment_rows UNION ALL BY NAME read_parquet(...)``.
+
+New bytes are parsed by DuckDB's ``read_json`` (the same reader compaction
+uses, so a line means the same thing before and after compaction) from a
+private scratch copy in the system temp folder, never in the store.
+
+If a segment vanishes between listing and reading (it was just compacted),
+the whole refresh is retried with a fresh listing.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import duckdb
+
+from kernelflow.exceptions import StoreError
+
+from . import statuses
+from .formats import RAW_COLUMNS, empty_raw_sql, parquet_raw_sql, path_list, segments_raw_sql
+from .layout import Layout
+
+if TYPE_CHECKING:  # pragma: no cover
+    import polars as pl
+
+PUBLIC_VIEWS = ("events", "runs", "task_attempts", "workflows")
+_RAW = ", ".join(RAW_COLUMNS)
+MAX_ATTEMPTS = 20
+"""Refreshes retried when files vanish under us. Each retry follows a
+compaction that finished, so running out means the folder is being changed
+faster than it can be listed: something is wrong beyond a race."""
+
+
+def load_views_sql() -> str:
+    return resources.files("kernelflow.store").joinpath("views.sql").read_text(encoding="utf-8")
+
+
+@dataclass(eq=False)
+class _Connection:
+    con: duckdb.DuckDBPyConnection
+    pid: int
+    segments: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """segment path -> (inode, bytes already in _segment_rows)"""
+    parquet_key: tuple[str, ...] | None = None
+    workflows_key: tuple[str, ...] | None = None
+    closed: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class _Vanished(Exception):
+    """A listed segment was compacted away before we could open it."""
+
+
+@dataclass(frozen=True)
+class _Listing:
+    segments: tuple[tuple[str, int, int], ...]
+    """(path, size, inode) of each segment to read"""
+    parquet: tuple[str, ...]
+    workflows: tuple[str, ...]
+
+
+class QueryEngine:
+    """SQL over one store folder; creates nothing on disk."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self._local = threading.local()
+        # Weak: a connection lives as long as its thread (thread-locals are
+        # dropped when a thread ends), so short-lived threads leak nothing.
+        self._all: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        self._all_lock = threading.Lock()
+
+    # -- public ------------------------------------------------------------------
+
+    def sql(self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pl.DataFrame:
+        """Run ``query`` against the views; a polars DataFrame of its result."""
+        conn = self._connection()
+        with conn.lock:
+            self._refresh(conn)
+            for attempt in range(2):
+                try:
+                    return _run(conn.con, query, params)
+                except duckdb.Error as exc:
+                    if attempt == 0 and self._repair_views(conn):
+                        continue  # the query itself dropped one of our views earlier
+                    raise self._query_error(exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def run_rows(self, run_id: str) -> list[dict[str, Any]]:
+        """One run's raw records (``ts`` as exact micros, JSON as text), by seq."""
+        conn = self._connection()
+        cols = ", ".join(f"CAST({c} AS VARCHAR)" if c in ("payload", "actor") else c for c in RAW_COLUMNS)
+        names = [("ts" if c == "ts_us" else c) for c in RAW_COLUMNS]
+        with conn.lock:
+            self._refresh(conn)
+            try:
+                rows = conn.con.execute(
+                    f"SELECT {cols} FROM _events_raw WHERE run_id = ? ORDER BY seq", [run_id]
+                ).fetchall()
+            except duckdb.Error as exc:
+                raise self._query_error(exc) from exc
+        return [dict(zip(names, row)) for row in rows]
+
+    def _query_error(self, exc: duckdb.Error) -> StoreError:
+        text = str(exc)
+        if str(self.layout.root) in text:
+            # DuckDB names the file: one of ours is damaged or was removed by hand.
+            return StoreError(
+                f"cannot read the event store at {self.layout.root}: {text}\n  A file in it is damaged "
+                "or was removed while in use; move a damaged file out of the folder and retry."
+            )
+        return StoreError(
+            f"SQL error: {text}\n  The store's views are {', '.join(PUBLIC_VIEWS)} "
+            "(their columns: docs/store.md, or DESCRIBE <view>)."
+        )
+
+    def close(self) -> None:
+        """Close every connection this engine opened (in any thread)."""
+        with self._all_lock:
+            conns = list(self._all)
+            self._all = weakref.WeakSet()
+        for conn in conns:
+            with conn.lock:
+                conn.closed = True
+                if conn.pid == os.getpid():  # a forked child must not touch its parent's
+                    try:
+                        conn.con.close()
+                    except duckdb.Error:
+                        pass
+
+    # -- connections ------------------------------------------------------------
+
+    def _connection(self) -> _Connection:
+        conn: _Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and not conn.closed and conn.pid == os.getpid():
+            return conn
+        conn = _Connection(con=duckdb.connect(":memory:"), pid=os.getpid())
+        self._install_views(conn)
+        self._local.conn = conn
+        with self._all_lock:
+            self._all.add(conn)
+        return conn
+
+    def _install_views(self, conn: _Connection) -> None:
+        con = conn.con
+        # Stored times are UTC TIMESTAMPs; with the session in UTC too,
+        # `now()::TIMESTAMP` and `current_date` compare with them correctly
+        # whatever the machine's time zone.
+        con.execute("SET TimeZone = 'UTC'")
+        for stmt in statuses.lookup_tables_sql():
+            con.execute(stmt)
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE _segment_rows AS SELECT *, NULL::VARCHAR AS _segment FROM ({empty_raw_sql()})"
+        )
+        con.execute(f"CREATE OR REPLACE TEMP VIEW _events_raw AS SELECT {_RAW} FROM _segment_rows")
+        con.execute("CREATE OR REPLACE TEMP TABLE _workflow_defs AS SELECT NULL::JSON AS definition WHERE false")
+        con.execute(load_views_sql())
+        conn.segments = {}
+        conn.parquet_key = conn.workflows_key = None
+
+    def _repair_views(self, conn: _Connection) -> bool:
+        """If a user query dropped or replaced one of our relations, put them back.
+
+        Returns True if something was repaired (the query is then worth a retry).
+        """
+        wanted = {"_events_raw", *PUBLIC_VIEWS}
+        try:
+            present = {r[0] for r in conn.con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+        except duckdb.Error:
+            return False
+        if wanted <= present:
+            return False
+        self._install_views(conn)
+        self._refresh(conn)
+        return True
+
+    # -- keeping _events_raw current ----------------------------------------------
+
+    def _list(self) -> _Listing:
+        segments: list[tuple[str, int, int]] = []
+        try:
+            with os.scandir(self.layout.segments) as it:
+                for entry in it:
+                    if entry.name.startswith(".") or not entry.name.endswith(".jsonl"):
+                        continue
+                    try:
+                        st = entry.stat()
+                    except FileNotFoundError:
+                        # Compacted since listed: its Parquet file already
+                        # exists (renamed before the unlink), listed below.
+                        continue
+                    segments.append((entry.path, st.st_size, st.st_ino))
+        except FileNotFoundError:
+            pass
+        parquet = _names(self.layout.events, ".parquet")
+        compacted = {Path(p).stem for p in parquet}
+        segments = [s for s in segments if Path(s[0]).stem not in compacted]
+        workflows: list[str] = []
+        try:
+            with os.scandir(self.layout.workflows) as it:
+                for entry in it:
+                    if entry.is_dir():
+                        workflows.extend(_names(Path(entry.path), ".json"))
+        except FileNotFoundError:
+            pass
+        return _Listing(tuple(sorted(segments)), tuple(sorted(parquet)), tuple(sorted(workflows)))
+
+    def _refresh(self, conn: _Connection) -> None:
+        last_exc: BaseException | None = None
+        reinstalled = False
+        for attempt in range(MAX_ATTEMPTS):
+            listing = self._list()
+            try:
+                self._apply(conn, listing)
+                return
+            except _Vanished as exc:
+                last_exc = exc  # compacted since listed: its Parquet file is there now
+            except duckdb.Error as exc:
+                vanished = [p for p in listing.parquet + listing.workflows if not os.path.exists(p)]
+                if not vanished:
+                    if not reinstalled:
+                        # A user query may have dropped or altered one of our
+                        # tables: start this connection's state afresh, once.
+                        reinstalled = True
+                        self._install_views(conn)
+                        continue
+                    raise StoreError(
+                        f"cannot read the event store at {self.layout.root}: {exc}. "
+                        "If a file in it is damaged, move it out of the folder and retry."
+                    ) from exc
+                last_exc = exc
+            time.sleep(0.001 * attempt)
+        raise StoreError(
+            f"the event store at {self.layout.root} kept changing while being read "
+            f"({MAX_ATTEMPTS} attempts); retry the query"
+        ) from last_exc
+
+    def _apply(self, conn: _Connection, listing: _Listing) -> None:
+        con = conn.con
+        live = {path: (size, ino) for path, size, ino in listing.segments}
+        for path, (ino, _) in list(conn.segments.items()):
+            if path not in live or live[path][1] != ino:  # compacted (or, never, a reused name)
+                con.execute("DELETE FROM _segment_rows WHERE _segment = ?", [path])
+                del conn.segments[path]
+        for path, (size, ino) in live.items():
+            _, done = conn.segments.get(path, (ino, 0))
+            if size <= done:
+                continue
+            try:
+                with open(path, "rb") as f:
+                    f.seek(done)
+                    chunk = f.read()  # to the end: it may have grown since listed
+            except FileNotFoundError:
+                raise _Vanished(path) from None
+            complete = chunk.rfind(b"\n") + 1
+            if complete:
+                self._ingest(con, path, memoryview(chunk)[:complete])
+                conn.segments[path] = (ino, done + complete)
+        if listing.parquet != conn.parquet_key:
+            if listing.parquet:
+                parquet = parquet_raw_sql([Path(p) for p in listing.parquet])
+                con.execute(
+                    f"CREATE OR REPLACE TEMP VIEW _events_raw AS "
+                    f"SELECT {_RAW} FROM _segment_rows UNION ALL BY NAME {parquet}"
+                )
+            else:
+                con.execute(f"CREATE OR REPLACE TEMP VIEW _events_raw AS SELECT {_RAW} FROM _segment_rows")
+            conn.parquet_key = listing.parquet
+        if listing.workflows != conn.workflows_key:
+            if listing.workflows:
+                source = f"read_text({path_list(Path(p) for p in listing.workflows)})"
+                # Definitions are written atomically; a file that is not JSON
+                # anyway (edited by hand) is left out rather than failing every query.
+                con.execute(
+                    "CREATE OR REPLACE TEMP TABLE _workflow_defs AS "
+                    f"SELECT TRY_CAST(content AS JSON) AS definition FROM {source} "
+                    "WHERE TRY_CAST(content AS JSON) IS NOT NULL"
+                )
+            else:
+                con.execute("CREATE OR REPLACE TEMP TABLE _workflow_defs AS SELECT NULL::JSON AS definition WHERE false")
+            conn.workflows_key = listing.workflows
+
+    @staticmethod
+    def _ingest(con: duckdb.DuckDBPyConnection, segment: str, lines: memoryview) -> None:
+        """Add complete segment lines to ``_segment_rows`` (one statement: all or nothing)."""
+        fd, scratch = tempfile.mkstemp(prefix="kernelflow-segment-", suffix=".jsonl")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(lines)
+            con.execute(
+                f"INSERT INTO _segment_rows SELECT *, ? FROM ({segments_raw_sql([Path(scratch)])})", [segment]
+            )
+        finally:
+            os.unlink(scratch)
+
+
+def _run(con: duckdb.DuckDBPyConnection, query: str, params: Sequence[Any] | Mapping[str, Any] | None) -> pl.DataFrame:
+    import polars as pl
+
+    # DuckDB 2.0: a relation from con.sql() runs when read; .pl() reads it once.
+    rel = con.sql(query, params=params) if params is not None else con.sql(query)
+    return rel.pl() if rel is not None else pl.DataFrame()
+
+
+def _names(folder: Path, suffix: str) -> list[str]:
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    return [str(folder / n) for n in names if n.endswith(suffix) and not n.startswith(".")]

@@ -1,0 +1,31 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kernelflow.store import FolderStore
+
+
+@pytest.fixture
+def tmp_store(tmp_path: Path) -> Iterator[FolderStore]:
+    """A fresh FolderStore at ``tmp_path / "store"`` (not created on disk until written)."""
+    store = FolderStore(tmp_path / "store")
+    yield store
+    store.close()
+
+
+@pytest.fixture(autouse=True)
+def kernelflow_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every test gets its own default store (``$KERNELFLOW_HOME``), closed afterwards."""
+    from kernelflow.store_access import close_stores, use_store
+
+    home = tmp_path / "kernelflow-home"
+    monkeypatch.setenv("KERNELFLOW_HOME", str(home))
+    use_store(None)
+    yield home
+    close_stores()
+    use_store(None)
