@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import shlex
 from typing import Any
 
@@ -14,6 +13,7 @@ from IPython.display import display
 
 from kernelflow.cell_compiler import compile_cell
 from kernelflow.exceptions import DefinitionError, OptionError
+from kernelflow.literals import parse_literal
 from kernelflow.model import Workflow
 
 USAGE = "%%workflow NAME [--max-parallel N] [--executor NAME]   or   %workflow run NAME [input=value ...]"
@@ -27,14 +27,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
     return value
-
-
-def parse_value(text: str) -> Any:
-    """``n=3`` gives 3, ``flag=True`` True, ``x=[1,2]`` a list; anything else stays a string."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
 
 
 @magics_class
@@ -96,7 +88,7 @@ class KernelflowMagics(Magics):
                     f"expected input=value, got {pair!r}",
                     hint=f"e.g. %workflow run {name} url=https://example.org n=3",
                 )
-            inputs[key] = parse_value(value)
+            inputs[key] = parse_literal(value)
         return wf.run(**inputs)
 
     @magic_arguments()

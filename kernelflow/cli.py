@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .exceptions import KernelflowError
+from .literals import parse_literal
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -45,7 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    parameters = {key: _parse_value(value) for key, value in args.parameter}
+    parameters = {key: parse_literal(value) for key, value in args.parameter}
     notebook = target.resolve()
     output = Path(args.output) if args.output else Path("out") / f"{target.stem}.ipynb"
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -104,15 +105,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if n_failed:
         print(f"note: {n_failed} run(s) failed and the notebook handled them", file=sys.stderr)
     return EXIT_OK
-
-
-def _parse_value(text: str) -> Any:
-    import ast
-
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
 
 
 # --- history / show / sql ---------------------------------------------------------
