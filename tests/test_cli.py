@@ -68,3 +68,10 @@ def test_history_on_an_empty_store(tmp_path):
     res = cli("history", home=tmp_path / "empty")
     assert res.returncode == 0 and "no runs recorded yet" in res.stdout
     assert not (tmp_path / "empty").exists()
+
+
+def test_cli_on_a_folder_that_is_not_a_store(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    res = cli("history", home=tmp_path)
+    assert res.returncode == 1
+    assert "is not a kernelflow store" in res.stderr and "Traceback" not in res.stderr

@@ -277,3 +277,33 @@ def test_run_tasks_table():
     df = run.tasks
     assert df.columns == ["task", "status", "attempt", "started_at", "ended_at", "duration_ms", "problem"]
     assert df.rows()[1][:3] == ("b", "failed", 1) and df.rows()[1][6] == "ValueError: x"
+
+
+def test_a_folder_that_is_not_a_store_is_refused_and_left_untouched(tmp_path, monkeypatch):
+    from kernelflow.store_access import close_stores
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "cat.jpg").write_bytes(b"\xff\xd8")
+    monkeypatch.setenv("KERNELFLOW_HOME", str(folder))
+    close_stores()
+    wf, _ = define("w", "def a():\n    return 1\n")
+    with pytest.raises(kf.NotAStoreError, match=r"photos exists but is not a kernelflow store .*KERNELFLOW_HOME"):
+        wf.run()
+    assert sorted(p.name for p in folder.iterdir()) == ["cat.jpg"]
+
+
+def test_a_store_from_a_newer_kernelflow_is_refused(tmp_path, monkeypatch):
+    import json
+
+    from kernelflow.store_access import close_stores
+
+    folder = tmp_path / "future"
+    folder.mkdir()
+    (folder / "store.json").write_text(json.dumps({"kind": "kernelflow-store", "schema_version": 99, "written_by": "9.9"}))
+    monkeypatch.setenv("KERNELFLOW_HOME", str(folder))
+    close_stores()
+    wf, _ = define("w", "def a():\n    return 1\n")
+    with pytest.raises(kf.StoreVersionError, match="pip install -U kernelflow"):
+        wf.run()
+    assert sorted(p.name for p in folder.iterdir()) == ["store.json"]
