@@ -9,7 +9,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from .engine import drive
-from .exceptions import InputError, OptionError, PluginError
+from .exceptions import InputError, OptionError
 from .plugin_host import executors, get_plugin_manager
 from .run import Run
 from .store_access import open_store
@@ -145,4 +145,4 @@ def plugin_names() -> list[str]:
     return sorted(name for name, _ in pm.list_name_plugin())
 
 
-__all__ = ["check_executors", "check_inputs", "history", "new_run_id", "plugin_names", "run_workflow", "sql", "workflows", "PluginError"]
+__all__ = ["check_executors", "check_inputs", "history", "new_run_id", "plugin_names", "run_workflow", "sql", "workflows"]

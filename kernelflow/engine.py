@@ -109,10 +109,10 @@ def drive(run: Run) -> None:
         skip_downstream(tid)
 
     def skip_downstream(tid: str) -> None:
-        todo = list(down[tid])
+        todo = deque(down[tid])
         while todo:
-            d = todo.pop(0)
-            if tasks_state[d].status in ("pending",):
+            d = todo.popleft()
+            if tasks_state[d].status == "pending":
                 emit(ev.TASK_SKIPPED, d, None, {"reason": f"upstream task {tid!r} failed", "upstream": tid})
                 todo.extend(down[d])
 

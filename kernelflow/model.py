@@ -11,7 +11,7 @@ import contextlib
 import gc
 import hashlib
 import heapq
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 import orjson
@@ -424,7 +424,8 @@ class Workflow:
     # Running lives in kernelflow.api; these thin methods keep the model the
     # one object users hold (etl.run(...)), without the model importing the engine.
     def run(self, **inputs: Any) -> Any:
-        """Run to completion and return the :class:`~kernelflow.Run` (see :func:`kernelflow.api.run`)."""
+        """Run to completion here and return the :class:`~kernelflow.Run`; raises
+        :class:`~kernelflow.RunFailedError` if it fails (``raise_on_failure=False`` returns it)."""
         from .api import run_workflow
 
         return run_workflow(self, inputs, wait=True)
@@ -588,7 +589,3 @@ def resolve_ref(ref: str, namespace: Mapping[str, Any] | None) -> Callable[..., 
     except (ImportError, AttributeError):
         return None
     return obj if callable(obj) else None
-
-
-def replace_task(task: Task, **changes: Any) -> Task:
-    return replace(task, **changes)
