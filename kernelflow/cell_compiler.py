@@ -109,7 +109,7 @@ def compile_cell(
         obj = namespace.get(static.id)
         where = f"cell line {static.line}"
         try:
-            fn = function_of(obj, what=f"{static.id!r}")
+            function_of(obj, what=f"{static.id!r}")  # raises unless a plain function is behind it
         except DefinitionError as exc:
             raise DefinitionError(
                 f"task {static.id!r} is not a function after its decorators: {exc.message}",
