@@ -62,7 +62,8 @@ def check_inputs(wf: Workflow, inputs: Mapping[str, Any]) -> None:
                 f"workflow {wf.name!r} needs input {spec.name!r} (a parameter of task "
                 f"{', '.join(repr(t) for t in needing)}); pass {wf.name}.run({spec.name}=...)." + maybe
             )
-    missing_code = [t for t in wf.task_ids if t not in wf.functions]
+    missing_code = [t.id for t in wf.tasks if t.spec.kind == "python" and t.id not in wf.functions]
+    missing_code += [ref for t in wf.tasks for ref in t.spec.refs() if ref not in wf.callables]
     if missing_code:
         raise InputError(
             f"workflow {wf.name!r} has no code for task(s) {', '.join(missing_code)} "
@@ -75,14 +76,26 @@ def _has_default(wf: Workflow, task_id: str, param: str) -> bool:
     return any(p.name == param and p.has_default for p in wf[task_id].params)
 
 
-def run_workflow(workflow: Workflow, inputs: dict[str, Any], *, wait: bool) -> Run:
+def run_workflow(
+    workflow: Workflow, inputs: dict[str, Any], *, wait: bool, parent_info: Mapping[str, Any] | None = None
+) -> Run:
     """Start a run of ``workflow``; with ``wait`` drive it here and return it finished."""
     raise_on_failure = inputs.pop("raise_on_failure", True)
     run_id = inputs.pop("run_id", None) or new_run_id()
     check_inputs(workflow, inputs)
+    for decl in workflow.declared_inputs or ():
+        if decl.name in inputs:
+            if not decl.accepts(inputs[decl.name]):
+                value = inputs[decl.name]
+                raise InputError(
+                    f"workflow {workflow.name!r}: input {decl.name!r} must be {decl.type}, "
+                    f"got {type(value).__name__} {value!r:.80}"
+                )
+        elif decl.has_default:
+            inputs[decl.name] = decl.default
     store = open_store()
     _register_once(store, workflow)
-    run = Run(workflow, run_id, inputs, store, raise_on_failure=raise_on_failure)
+    run = Run(workflow, run_id, inputs, store, raise_on_failure=raise_on_failure, parent_info=parent_info)
     for found in get_plugin_manager().hook.kernelflow_run_observers(run=run):
         run._observers.extend(found or ())
     if wait:

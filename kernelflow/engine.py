@@ -1,28 +1,42 @@
 """The engine: drives one run from its first event to its last.
 
-Ready-set scheduling: a task is scheduled the moment its last dependency
-succeeds and starts as soon as fewer than ``max_parallel`` tasks are
-running. Independent branches go on when a task fails; the failed task's
-dependents are skipped; the run ends failed. Every state change goes through
-``Run._emit`` (store first, then the reducer), so the engine's view of the
-run is exactly the fold of what it recorded.
+Ready-set scheduling: a task is considered the moment its last upstream task
+is done and starts as soon as fewer than ``max_parallel`` calls are running.
+Every state change goes through ``Run._emit`` (store first, then the
+reducer), so the engine's view of the run is exactly the fold of what it
+recorded.
+
+Skip rules (docs/control-flow.md):
+
+1. a task whose upstream task failed for good (without
+   ``continue_on_failure``) is skipped, and so is everything downstream;
+2. a task whose ``when`` condition is false is skipped;
+3. a task all of whose upstream tasks were skipped is skipped (unless it is
+   a ``skip_to`` target); with some upstream skipped and others done, it runs
+   and a skipped task's output reads as ``None``.
+
+Steps that are more than one call (forEach items, fallbacks) are calls the
+engine tracks under the task; loops reset a stretch of the graph with
+``TaskReset`` events so the fold sees every iteration.
 """
 
 from __future__ import annotations
 
 import heapq
+import inspect
 import os
 import queue
+import random
 import time
 import warnings
 from collections import deque
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import orjson
 
 from . import events as ev
 from .durations import format_duration
-from .exceptions import TaskFailure
+from .exceptions import KernelflowError, TaskFailure
 from .executor_api import Executor, TaskCall, TaskOutcome
 from .plugin_host import executor_spec
 from .run import Run
@@ -32,204 +46,935 @@ _NONE_OUTPUT = {"output": None, "output_ref": None, "output_type": "NoneType", "
 _INLINE_TYPES = (bool, int, float, str, list, dict)
 
 
+class StepFailed(KernelflowError):
+    """A step could not run as defined (a bad template value, no matching case, a loop limit)."""
+
+
+class Jump:
+    """What a task returns to loop: ``return kf.back_to("fetch")`` / ``kf.skip_to("publish")``.
+
+    ``output`` is recorded as the task's output.
+    """
+
+    __slots__ = ("kind", "step", "output")
+
+    def __init__(self, kind: str, step: str, output: Any = None) -> None:
+        self.kind = kind
+        self.step = step
+        self.output = output
+
+    def __repr__(self) -> str:
+        return f"<{self.kind} {self.step!r}>"
+
+
+def back_to(step: str, output: Any = None) -> Jump:
+    """Return this from a task to run ``step`` (a task it depends on, or itself) and
+    everything after it again; ``output`` is this iteration's output."""
+    return Jump("back_to", step, output)
+
+
+def skip_to(step: str, output: Any = None) -> Jump:
+    """Return this from a task to skip the tasks between it and ``step`` (downstream)."""
+    return Jump("skip_to", step, output)
+
+
+class _Tasks(Mapping[str, Any]):
+    """``{{tasks.ID...}}`` in templates: outputs and statuses of this run so far."""
+
+    __slots__ = ("values", "state")
+
+    def __init__(self, values: dict[str, Any], state: Any) -> None:
+        self.values = values
+        self.state = state
+
+    def __getitem__(self, tid: str) -> dict[str, Any]:
+        task = self.state.tasks.get(tid)
+        if task is None:
+            raise KeyError(tid)
+        return {"output": self.values.get(tid), "status": task.status}
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.state.tasks)
+
+    def __len__(self) -> int:
+        return len(self.state.tasks)
+
+
+class _Frame:
+    """One forEach loop instance: its items, results and how many run now."""
+
+    __slots__ = ("tid", "level", "loop", "items", "scope", "results", "errors", "status", "next", "active",
+                 "remaining", "parent", "parent_index", "path", "item_attempts")  # fmt: skip
+
+    def __init__(self, tid: str, level: int, loop: Mapping[str, Any], items: list[Any], scope: dict[str, Any],
+                 parent: _Frame | None, parent_index: int | None, path: tuple[int, ...]) -> None:  # fmt: skip
+        self.tid = tid
+        self.level = level
+        self.loop = loop
+        self.items = items
+        self.scope = scope  # the forEach context of the loop around this one ({} at the top)
+        self.results: list[Any] = [None] * len(items)
+        self.errors: list[dict[str, Any]] = []
+        self.status: list[str] = ["pending"] * len(items)
+        self.next = 0
+        self.active = 0
+        self.remaining = len(items)
+        self.parent = parent
+        self.parent_index = parent_index
+        self.path = path
+        self.item_attempts: dict[int, int] = {}
+
+    def can_start(self) -> bool:
+        limit = self.loop.get("max_parallel")
+        return self.next < len(self.items) and (limit is None or self.active < limit)
+
+    def item_scope(self, index: int) -> dict[str, Any]:
+        scope = {"item": self.items[index], "index": index}
+        if self.scope:
+            scope["$parent"] = self.scope
+            scope["$root"] = self.scope.get("$root", self.scope)
+        return scope
+
+    def summary(self) -> dict[str, Any]:
+        succeeded = self.status.count("succeeded")
+        return {
+            "outputs": self.results,
+            "count": len(self.items),
+            "succeeded": succeeded,
+            "failed": len(self.items) - succeeded,
+            "errors": self.errors,
+        }
+
+
 def drive(run: Run) -> None:
     """Run ``run`` to its end on the calling thread. Never raises for task
     failures (they are recorded); raises for what stops the engine itself
     (an interrupt, a store that cannot be written), after recording what it can."""
-    wf = run.workflow
-    emit = run._emit
-    index = wf._index
-    down = wf.downstream()
-    max_parallel = wf.max_parallel
-    inputs = run.inputs
-    # Per-task constants, computed once rather than per attempt.
-    plan: dict[str, tuple[Any, tuple[str, ...], tuple[str, ...], str, float | None]] = {}
-    for tid in wf.order:
-        task = index[tid]
-        fn = wf.functions.get(tid)
-        plan[tid] = (
-            fn,
-            task.deps,
-            tuple(p.name for p in task.inputs if p.name in inputs),
-            task.options.executor or wf.executor,
-            task.options.timeout,
-        )
-    waiting = {tid: len(set(index[tid].upstream)) for tid in wf.order}
-    values = run._values
-    tasks_state = run.state.tasks
-    executors: dict[str, Executor] = {}
-    completions: queue.SimpleQueue[TaskOutcome] = queue.SimpleQueue()
-    report = completions.put
-    running: dict[str, tuple[int, Any]] = {}
-    ready: deque[str] = deque()
-    retry_heap: list[tuple[float, str, int]] = []
-    deadline_heap: list[tuple[float, str, int]] = []
-    failed: list[str] = []
+    _Driver(run).drive()
 
-    def schedule(tid: str, attempt: int) -> None:
-        emit(ev.TASK_SCHEDULED, tid, attempt)
-        ready.append(tid)
 
-    def launch(tid: str) -> None:
-        fn, deps, input_names, executor_name, timeout = plan[tid]
-        attempt = tasks_state[tid].attempt + 1
-        kwargs = {d: values[d] for d in deps}
-        for name in input_names:
-            kwargs[name] = inputs[name]
-        executor = executors.get(executor_name)
-        if executor is None:
-            executor = executors[executor_name] = executor_spec(executor_name).factory(max_parallel)
-        emit(ev.TASK_STARTED, tid, attempt, {"executor": executor_name})
-        alone = not running and not ready and not retry_heap
-        handle = executor.submit(TaskCall(run.run_id, tid, attempt, fn, kwargs, timeout, alone), report)
-        running[tid] = (attempt, handle)
-        if timeout is not None:
-            heapq.heappush(deadline_heap, (time.monotonic() + timeout, tid, attempt))
-
-    def attempt_failed(tid: str, attempt: int, error: dict[str, Any], reason: str, exc: BaseException | None) -> None:
-        options = index[tid].options
-        if attempt <= options.retries:
-            delay = options.delay_before(attempt + 1)
-            emit(
-                ev.TASK_RETRYING,
-                tid,
-                attempt,
-                {"error": error, "reason": reason, "delay_s": delay, "next_attempt": attempt + 1},
-            )
-            heapq.heappush(retry_heap, (time.monotonic() + delay, tid, attempt + 1))
-            return
-        if reason == "timeout":
-            emit(ev.TASK_TIMED_OUT, tid, attempt, {"timeout_s": options.timeout, "error": error})
-        else:
-            emit(ev.TASK_FAILED, tid, attempt, {"error": error})
-        run.failures[tid] = TaskFailure(tid, attempt, error["exc_type"], error["message"], error["traceback"])
-        if exc is not None:
-            run._exceptions[tid] = exc
-        failed.append(tid)
-        skip_downstream(tid)
-
-    def skip_downstream(tid: str) -> None:
-        todo = deque(down[tid])
-        while todo:
-            d = todo.popleft()
-            if tasks_state[d].status == "pending":
-                emit(ev.TASK_SKIPPED, d, None, {"reason": f"upstream task {tid!r} failed", "upstream": tid})
-                todo.extend(down[d])
-
-    def finished(outcome: TaskOutcome) -> None:
-        call = outcome.call
-        tid = call.task_id
-        current = running.get(tid)
-        if current is None or current[0] != call.attempt:
-            return  # a late report from an attempt already given up on (timeout)
-        del running[tid]
-        if outcome.error is None:
-            value = outcome.value
-            payload = _NONE_OUTPUT if value is None else _output_payload(run, tid, call.attempt, value)
-            values[tid] = value
-            emit(ev.TASK_SUCCEEDED, tid, call.attempt, payload)
-            for d in down[tid]:
-                waiting[d] -= 1
-                if waiting[d] == 0:
-                    schedule(d, 1)
-        else:
-            exc = outcome.error
-            error = {
-                "exc_type": type(exc).__name__,
-                "message": str(exc),
-                "traceback": outcome.traceback or "",
-            }
-            attempt_failed(tid, call.attempt, error, "error", exc)
-
-    def timed_out(tid: str, attempt: int) -> None:
-        _, handle = running.pop(tid)
-        handle.cancel()
-        limit = index[tid].options.timeout or 0
-        error = {
-            "exc_type": "TimeoutError",
-            "message": f"task {tid!r} ran longer than its timeout of {format_duration(limit)}",
-            "traceback": "",
-        }
-        attempt_failed(tid, attempt, error, "timeout", None)
-
-    emit(
-        ev.RUN_STARTED,
-        payload={
-            "inputs": _json_safe_inputs(inputs),
-            "tasks": list(wf.order),
-            "max_parallel": max_parallel,
-            "executor": wf.executor,
-            "notebook": os.environ.get("KERNELFLOW_NOTEBOOK") or os.environ.get("JPY_SESSION_NAME"),
-            "batch_id": os.environ.get("KERNELFLOW_BATCH_ID"),
-        },
-    )
-    try:
+class _Driver:
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        wf = self.wf = run.workflow
+        self.emit = run._emit
+        self.index = wf._index
+        self.down = wf.downstream()
+        self.max_parallel = wf.max_parallel
+        self.inputs = run.inputs
+        self.values = run._values
+        self.tasks_state = run.state.tasks
+        self.masker = run.masker
+        self.executors: dict[str, Executor] = {}
+        self.completions: queue.SimpleQueue[TaskOutcome] = queue.SimpleQueue()
+        self.report = self.completions.put
+        # call key -> (attempt, handle, meta); key: task id, or (task id, "item", path), or (task id, "fallback")
+        self.running: dict[Any, tuple[int, Any, dict[str, Any]]] = {}
+        self.calls: dict[int, Any] = {}
+        self.ready: deque[str] = deque()
+        self.retry_heap: list[tuple[float, int, Any, int]] = []
+        self.deadline_heap: list[tuple[float, int, Any, int]] = []
+        self.counter = 0  # heap tie-breaker (keys of different types do not compare)
+        self.failed: list[str] = []
+        self.completed: list[str] = []  # succeeded tasks, in completion order (for compensation)
+        self.frames: list[_Frame] = []  # forEach loops with items left to start
+        self.jumps: dict[tuple[str, str], int] = {}
+        self.forced: set[str] = set()  # skip_to targets: rule 3 does not apply
+        self.waiting = {tid: len(set(self.index[tid].upstream)) for tid in wf.order}
+        self.rng = random.Random()
+        self.plan: dict[str, tuple[Any, tuple[str, ...], tuple[str, ...], str, float | None]] = {}
         for tid in wf.order:
-            if waiting[tid] == 0:
-                schedule(tid, 1)
+            task = self.index[tid]
+            self.plan[tid] = (
+                wf.functions.get(tid),
+                task.deps,
+                tuple(p.name for p in task.inputs if p.name in self.inputs),
+                task.options.executor or wf.executor,
+                task.options.timeout,
+            )
+        self._ancestors: dict[str, set[str]] | None = None
+
+    # --- the loop -------------------------------------------------------------------
+
+    def drive(self) -> None:
+        run, wf = self.run, self.wf
+        self.emit(
+            ev.RUN_STARTED,
+            payload={
+                "inputs": _json_safe_inputs(self.masker.value(self.inputs)),
+                "tasks": list(wf.order),
+                "max_parallel": self.max_parallel,
+                "executor": wf.executor,
+                "notebook": os.environ.get("KERNELFLOW_NOTEBOOK") or os.environ.get("JPY_SESSION_NAME"),
+                "batch_id": os.environ.get("KERNELFLOW_BATCH_ID"),
+                **run.parent_info,
+            },
+        )
+        try:
+            for tid in wf.order:
+                if self.waiting[tid] == 0:
+                    self.consider(tid)
+            self.loop()
+        except BaseException as exc:
+            self.cancel_all()
+            try:
+                self.emit(
+                    ev.RUN_FAILED,
+                    payload={
+                        "failed_tasks": self.failed,
+                        "error": self.masker.text(f"interrupted: {type(exc).__name__}: {exc}"),
+                        "interrupted": True,
+                    },
+                )
+            except Exception:  # noqa: BLE001 - the store itself may be what failed
+                pass
+            raise
+        finally:
+            for executor in self.executors.values():
+                executor.shutdown(wait=False)
+
+        if self.failed:
+            self.compensate()
+            first = run.failures[self.failed[0]]
+            self.emit(
+                ev.RUN_FAILED,
+                payload={
+                    "failed_tasks": self.failed,
+                    "error": f"task {first.task_id!r} failed: {first.exc_type}: {first.message}",
+                },
+            )
+        else:
+            self.emit(ev.RUN_SUCCEEDED)
+
+    def loop(self) -> None:
+        completions = self.completions
         while True:
-            while ready and len(running) < max_parallel:
-                launch(ready.popleft())
-            run._notify()
-            if not running and not retry_heap:
+            self.fill()
+            self.run._notify()
+            if not self.running and not self.retry_heap:
+                if self.ready or any(f.can_start() for f in self.frames):
+                    continue  # capacity freed by work that finished synchronously
                 break
             wake = min(
-                deadline_heap[0][0] if deadline_heap else float("inf"),
-                retry_heap[0][0] if retry_heap else float("inf"),
+                self.deadline_heap[0][0] if self.deadline_heap else float("inf"),
+                self.retry_heap[0][0] if self.retry_heap else float("inf"),
             )
             try:
                 if wake == float("inf"):
-                    outcome = completions.get()
+                    outcome: TaskOutcome | None = completions.get()
                 else:
                     outcome = completions.get(timeout=max(0.0, wake - time.monotonic()))
             except queue.Empty:
                 outcome = None
             while outcome is not None:
-                finished(outcome)
+                self.finished(outcome)
                 try:
                     outcome = completions.get_nowait()
                 except queue.Empty:
                     outcome = None
             now = time.monotonic()
-            while deadline_heap and deadline_heap[0][0] <= now:
-                _, tid, attempt = heapq.heappop(deadline_heap)
-                if running.get(tid, (None,))[0] == attempt:
-                    timed_out(tid, attempt)
-            while retry_heap and retry_heap[0][0] <= now:
-                _, tid, attempt = heapq.heappop(retry_heap)
-                schedule(tid, attempt)
-    except BaseException as exc:
-        for _, handle in running.values():
-            handle.cancel()
-        try:
-            emit(
-                ev.RUN_FAILED,
-                payload={"failed_tasks": failed, "error": f"interrupted: {type(exc).__name__}: {exc}", "interrupted": True},
-            )
-        except Exception:  # noqa: BLE001 - the store itself may be what failed
-            pass
-        raise
-    finally:
-        for executor in executors.values():
-            executor.shutdown(wait=False)
+            while self.deadline_heap and self.deadline_heap[0][0] <= now:
+                _, _, key, attempt = heapq.heappop(self.deadline_heap)
+                current = self.running.get(key)
+                if current is not None and current[0] == attempt:
+                    self.timed_out(key, attempt)
+            while self.retry_heap and self.retry_heap[0][0] <= now:
+                _, _, key, attempt = heapq.heappop(self.retry_heap)
+                if isinstance(key, str):
+                    if self.tasks_state[key].status == "retrying":
+                        self.schedule(key, attempt)
+                else:
+                    frame, index = key
+                    frame.active -= 1  # the slot held while waiting goes back to the item
+                    self.start_item(frame, index, attempt)
 
-    if failed:
-        first = run.failures[failed[0]]
-        emit(ev.RUN_FAILED, payload={"failed_tasks": failed, "error": f"task {first.task_id!r} failed: {first.exc_type}: {first.message}"})
-    else:
-        emit(ev.RUN_SUCCEEDED)
+    def fill(self) -> None:
+        while len(self.running) < self.max_parallel:
+            if self.ready:
+                self.launch(self.ready.popleft())
+                continue
+            frame = next((f for f in self.frames if f.can_start()), None)
+            if frame is None:
+                return
+            index = frame.next
+            frame.next += 1
+            if not frame.can_start() and frame.next >= len(frame.items):
+                self.frames.remove(frame)
+            self.start_item(frame, index, 1)
+
+    # --- deciding whether a task runs ---------------------------------------------------
+
+    def consider(self, tid: str) -> None:
+        """All upstream tasks are done: skip it by the rules, or schedule it."""
+        state = self.tasks_state[tid]
+        if state.status != "pending":
+            return
+        task = self.index[tid]
+        ups = task.upstream
+        if ups and tid not in self.forced and all(self.tasks_state[u].status == "skipped" for u in ups):
+            self.skip(tid, "all upstream tasks were skipped", {"upstream": list(ups)})
+            return
+        when = task.spec.when
+        if when is not None:
+            from .expressions import parse_condition
+
+            try:
+                result = parse_condition(when).evaluate(self.context())
+            except Exception as exc:  # noqa: BLE001 - a bad value is this task's failure
+                self.emit(ev.TASK_SCHEDULED, tid, state.attempt + 1)
+                self.emit(ev.TASK_STARTED, tid, state.attempt + 1, {"executor": "engine"})
+                self.fail_for_good(tid, state.attempt, self.error_of(exc, f"condition {when!r}: "), "error", exc)
+                return
+            self.emit(ev.CONDITION_EVALUATED, tid, None, {"when": when, "result": result})
+            if not result:
+                self.skip(tid, f"condition is false: {when}", {"when": when})
+                return
+        self.schedule(tid, state.attempt + 1)
+
+    def schedule(self, tid: str, attempt: int) -> None:
+        self.emit(ev.TASK_SCHEDULED, tid, attempt)
+        self.ready.append(tid)
+
+    def skip(self, tid: str, reason: str, extra: Mapping[str, Any] | None = None) -> None:
+        self.emit(ev.TASK_SKIPPED, tid, None, {"reason": self.masker.text(reason), **(extra or {})})
+        self.values[tid] = None
+        self.done(tid)
+
+    def done(self, tid: str) -> None:
+        """``tid`` reached a final status: its dependents may go."""
+        for d in self.down[tid]:
+            self.waiting[d] -= 1
+            if self.waiting[d] == 0:
+                self.consider(d)
+
+    # --- starting work -------------------------------------------------------------------
+
+    def context(self, for_each: Mapping[str, Any] | None = None, output: Any = None, with_output: bool = False) -> dict[str, Any]:
+        ctx: dict[str, Any] = {
+            "inputs": self.inputs,
+            "tasks": _Tasks(self.values, self.run.state),
+            "secrets": self.run.secrets,
+        }
+        if for_each:
+            ctx["forEach"] = for_each
+        if with_output:
+            ctx["output"] = output
+        return ctx
+
+    def kwargs_for(self, tid: str, fn: Callable[..., Any] | None, scope: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Arguments for the task's function: outputs by name, inputs, then its ``input`` mapping."""
+        _, deps, input_names, _, _ = self.plan[tid]
+        values = self.values
+        kwargs = {d: values[d] for d in deps}
+        inputs = self.inputs
+        for name in input_names:
+            kwargs[name] = inputs[name]
+        spec = self.index[tid].spec
+        if spec.input:
+            from .expressions import render_value
+
+            kwargs.update(render_value(dict(spec.input), self.context(scope)))
+        if spec.for_each and scope:
+            s: Mapping[str, Any] | None = scope
+            for loop in reversed(spec.for_each):
+                if not s:
+                    break
+                kwargs.setdefault(loop["as"], s["item"])
+                s = s.get("$parent")
+        if fn is not None and spec.kind == "switch":
+            kwargs = _fit(fn, kwargs)
+        return kwargs
+
+    def executor_for(self, tid: str) -> Executor:
+        name = self.plan[tid][3]
+        executor = self.executors.get(name)
+        if executor is None:
+            executor = self.executors[name] = executor_spec(name).factory(self.max_parallel)
+        return executor
+
+    def launch(self, tid: str) -> None:
+        task = self.index[tid]
+        spec = task.spec
+        attempt = self.tasks_state[tid].attempt + 1
+        executor_name = self.plan[tid][3]
+        self.emit(ev.TASK_STARTED, tid, attempt, {"executor": executor_name})
+        if spec.for_each:
+            try:
+                items = self.loop_items(tid, 0, {})
+            except Exception as exc:  # noqa: BLE001
+                self.attempt_failed(tid, attempt, self.error_of(exc), "error", exc)
+                return
+            self.running[tid] = (attempt, None, {"kind": "loop"})
+            self.open_frame(tid, 0, items, {}, None, None, ())
+            return
+        try:
+            fn, kwargs, meta = self.prepare(tid, None)
+        except CircuitOpen as exc:
+            if spec.fallback is not None:
+                self.use_fallback(tid, attempt, str(exc))
+            else:
+                self.attempt_failed(tid, attempt, self.error_of(exc), "error", exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - template values, switch without a match
+            self.attempt_failed(tid, attempt, self.error_of(exc), "error", exc)
+            return
+        self.submit(tid, tid, attempt, fn, kwargs, meta)
+
+    def prepare(self, tid: str, scope: Mapping[str, Any] | None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+        """The callable and arguments for one call of ``tid`` (a task attempt or a forEach item)."""
+        task = self.index[tid]
+        spec = task.spec
+        meta: dict[str, Any] = {}
+        breaker = spec.circuit_breaker
+        if breaker is not None:
+            from .resilience import circuit_before
+
+            decision = circuit_before(self.run, tid, breaker)
+            if decision.transition:
+                self.emit(ev.CIRCUIT_CHANGED, tid, None, {"circuit": breaker["name"], "transition": decision.transition, "reason": decision.reason})
+            if not decision.allowed:
+                raise CircuitOpen(decision.reason)
+            meta["probe"] = decision.probe
+        kind = spec.kind
+        if kind == "python":
+            fn = self.plan[tid][0]
+            if fn is None:
+                raise StepFailed(f"task {tid!r} has no function ({task.ref} was not found when the workflow was loaded)")
+            return fn, self.kwargs_for(tid, fn, scope), meta
+        if kind == "switch":
+            from .expressions import parse_template
+
+            assert spec.switch is not None
+            value = parse_template(str(spec.switch["value"])).render(self.context(scope)) if isinstance(spec.switch["value"], str) else spec.switch["value"]
+            label = "null" if value is None else (str(value).lower() if isinstance(value, bool) else str(value))
+            target = spec.switch["cases"].get(label)
+            case = label if target is not None else "default"
+            if target is None:
+                target = spec.switch.get("default")
+            if target is None:
+                cases = ", ".join(spec.switch["cases"])
+                raise StepFailed(
+                    f"switch of task {tid!r}: no case matches {value!r} (cases: {cases}) and there is no default; "
+                    "add the case or a default"
+                )
+            self.emit(ev.SWITCH_MATCHED, tid, None, {"value": self.masker.value(_jsonable(value)), "case": case, "target": target})
+            fn = self.wf.callables.get(target)
+            if fn is None:
+                raise StepFailed(f"switch of task {tid!r}: {target} was not found when the workflow was loaded")
+            return fn, self.kwargs_for(tid, fn, scope), meta
+        from .expressions import render_value
+
+        action = render_value(dict(spec.action), self.context(scope))
+        timeout = task.options.timeout
+        mask = self.masker.text
+        meta["own_timeout"] = True
+        if kind == "shell":
+            from .shell_step import run_shell
+
+            argv = action["argv"]
+
+            def call_shell() -> Any:
+                return run_shell(
+                    argv,
+                    shell=action.get("shell", False),
+                    cwd=action.get("cwd"),
+                    env=action.get("env"),
+                    inherit_env=action.get("inherit_env", True),
+                    timeout=timeout,
+                    max_output=action.get("max_output", 1_000_000),
+                    stdin=action.get("stdin"),
+                    task_id=tid,
+                    mask=mask,
+                )
+
+            return call_shell, {}, meta
+        if kind == "http":
+            from .http_step import http_request
+
+            def call_http() -> Any:
+                return http_request(
+                    action["method"],
+                    action["url"],
+                    headers=action.get("headers"),
+                    json=action.get("json"),
+                    params=action.get("params"),
+                    timeout=timeout if timeout is not None else 30.0,
+                    task_id=tid,
+                    mask=mask,
+                )
+
+            return call_http, {}, meta
+        if kind == "workflow":
+            from .expressions import render_value as render
+            from .subworkflows import call_subworkflow
+
+            child_inputs = render(dict(spec.input), self.context(scope))
+            meta["own_timeout"] = False
+            run = self.run
+
+            def call_child() -> Any:
+                return call_subworkflow(run, tid, action["workflow"], action.get("version"), child_inputs)
+
+            return call_child, {}, meta
+        raise StepFailed(f"task {tid!r}: unknown step kind {kind!r}")
+
+    def submit(self, key: Any, tid: str, attempt: int, fn: Callable[..., Any], kwargs: dict[str, Any], meta: dict[str, Any]) -> None:
+        timeout = self.plan[tid][4]
+        own = meta.get("own_timeout", False)
+        alone = not self.running and not self.ready and not self.retry_heap and not self.frames
+        call = TaskCall(self.run.run_id, tid, attempt, fn, kwargs, None if own else timeout, alone)
+        self.running[key] = (attempt, None, meta)
+        self.calls[id(call)] = key
+        handle = self.executor_for(tid).submit(call, self.report)
+        if key in self.running and self.running[key][0] == attempt and self.running[key][1] is None:
+            self.running[key] = (attempt, handle, meta)
+        if timeout is not None and not own:
+            self.counter += 1
+            heapq.heappush(self.deadline_heap, (time.monotonic() + timeout, self.counter, key, attempt))
+
+    # --- forEach ---------------------------------------------------------------------------
+
+    def loop_items(self, tid: str, level: int, scope: Mapping[str, Any]) -> list[Any]:
+        from .expressions import parse_template
+
+        loop = self.index[tid].spec.for_each[level]
+        raw = loop["items"]
+        if isinstance(raw, str):
+            items = parse_template(raw).render(self.context(scope or None))
+        else:
+            from .expressions import render_value
+
+            items = render_value(raw, self.context(scope or None))
+        if isinstance(items, tuple):
+            items = list(items)
+        if not isinstance(items, list):
+            raise StepFailed(
+                f"forEach of task {tid!r}: items must be a list, but {raw!r} gave {type(items).__name__} {items!r:.80}"
+            )
+        return items
+
+    def open_frame(self, tid: str, level: int, items: list[Any], scope: dict[str, Any],
+                   parent: _Frame | None, parent_index: int | None, path: tuple[int, ...]) -> None:  # fmt: skip
+        frame = _Frame(tid, level, self.index[tid].spec.for_each[level], items, scope, parent, parent_index, path)
+        self.emit(ev.FOREACH_STARTED, tid, None, {"path": list(path), "count": len(items)})
+        if not items:
+            self.frame_done(frame)
+            return
+        self.frames.append(frame)
+
+    def start_item(self, frame: _Frame, index: int, item_attempt: int) -> None:
+        tid = frame.tid
+        frame.active += 1
+        frame.status[index] = "running"
+        frame.item_attempts[index] = item_attempt
+        scope = frame.item_scope(index)
+        depth = len(self.index[tid].spec.for_each)
+        if frame.level + 1 < depth:
+            try:
+                items = self.loop_items(tid, frame.level + 1, scope)
+            except Exception as exc:  # noqa: BLE001
+                self.item_finished(frame, index, None, exc, "")
+                return
+            self.open_frame(tid, frame.level + 1, items, scope, frame, index, frame.path + (index,))
+            return
+        try:
+            fn, kwargs, meta = self.prepare(tid, scope)
+        except Exception as exc:  # noqa: BLE001
+            self.item_finished(frame, index, None, exc, "")
+            return
+        meta.update({"kind": "item", "frame": frame, "index": index})
+        attempt = self.running[tid][0] if tid in self.running else 1
+        self.submit((tid, "item", frame.path + (index,)), tid, attempt, fn, kwargs, meta)
+
+    def item_finished(self, frame: _Frame, index: int, value: Any, exc: BaseException | None, tb: str) -> None:
+        tid = frame.tid
+        path = list(frame.path + (index,))
+        frame.active -= 1
+        options = self.index[tid].options
+        if exc is not None:
+            item_attempt = frame.item_attempts.get(index, 1)
+            error = self.error_of(exc, traceback=tb)
+            if item_attempt <= options.retries and options.retries_error(exc):
+                delay = options.delay_before(item_attempt + 1, self.rng.random())
+                self.emit(ev.FOREACH_ITEM, tid, None, {"path": path, "index": index, "status": "retrying", "error": error, "delay_s": delay})
+                frame.active += 1  # the retry holds the item's slot in its loop
+                self.counter += 1
+                heapq.heappush(self.retry_heap, (time.monotonic() + delay, self.counter, (frame, index), item_attempt + 1))
+                frame.status[index] = "retrying"
+                return
+            frame.status[index] = "failed"
+            frame.errors.append({"index": index, **{k: error[k] for k in ("exc_type", "message")}})
+            self.emit(ev.FOREACH_ITEM, tid, None, {"path": path, "index": index, "status": "failed", "error": error})
+        else:
+            frame.status[index] = "succeeded"
+            frame.results[index] = value
+            self.emit(ev.FOREACH_ITEM, tid, None, {"path": path, "index": index, "status": "succeeded"})
+        frame.remaining -= 1
+        if frame.remaining == 0:
+            if frame in self.frames:
+                self.frames.remove(frame)
+            self.frame_done(frame)
+
+    def frame_done(self, frame: _Frame) -> None:
+        summary = frame.summary()
+        failed = summary["failed"] and frame.loop["on_failure"] == "fail"
+        if frame.parent is not None:
+            parent = frame.parent
+            if failed:
+                first = frame.errors[0]
+                exc = StepFailed(f"{summary['failed']} of {summary['count']} inner items failed; first: item {first['index']}: {first['exc_type']}: {first['message']}")
+                self.item_finished(parent, frame.parent_index or 0, None, exc, "")
+            else:
+                self.item_finished(parent, frame.parent_index or 0, summary, None, "")
+            return
+        tid = frame.tid
+        attempt = self.running.pop(tid)[0]
+        if failed:
+            first = frame.errors[0]
+            exc = StepFailed(
+                f"forEach of task {tid!r}: {summary['failed']} of {summary['count']} items failed; "
+                f"first: item {first['index']}: {first['exc_type']}: {first['message']}"
+            )
+            self.attempt_failed(tid, attempt, self.error_of(exc), "error", exc)
+        else:
+            self.task_succeeded(tid, attempt, summary)
+
+    # --- outcomes -----------------------------------------------------------------------------
+
+    def finished(self, outcome: TaskOutcome) -> None:
+        call = outcome.call
+        key = self.calls.pop(id(call), None)
+        if key is None:
+            return
+        current = self.running.get(key)
+        if current is None or current[0] != call.attempt:
+            return  # a late report from an attempt already given up on (timeout, loop reset)
+        meta = current[2]
+        del self.running[key]
+        self.circuit_after(call.task_id, meta, outcome.error)
+        if meta.get("kind") == "item":
+            self.item_finished(meta["frame"], meta["index"], outcome.value, outcome.error, outcome.traceback or "")
+            return
+        tid = call.task_id
+        if outcome.error is None:
+            self.task_succeeded(tid, call.attempt, outcome.value, fallback=meta.get("fallback"))
+            return
+        exc = outcome.error
+        if meta.get("fallback"):
+            # The fallback itself failed: nothing is left to try.
+            error = self.error_of(exc, "fallback failed: ", outcome.traceback or "")
+            self.fail_for_good(tid, call.attempt, error, "error", exc)
+            return
+        from .step_errors import StepTimeoutError
+
+        reason = "timeout" if isinstance(exc, StepTimeoutError) else "error"
+        self.attempt_failed(tid, call.attempt, self.error_of(exc, traceback=outcome.traceback or ""), reason, exc)
+
+    def task_succeeded(self, tid: str, attempt: int, value: Any, fallback: str | None = None) -> None:
+        spec = self.index[tid].spec
+        jump = None
+        if isinstance(value, Jump):
+            jump, value = value, value.output
+        if spec.output is not None:
+            from .expressions import render_value
+
+            try:
+                value = render_value(dict(spec.output), self.context(output=value, with_output=True))
+            except Exception as exc:  # noqa: BLE001
+                self.attempt_failed(tid, attempt, self.error_of(exc, "output mapping: "), "error", exc)
+                return
+        if jump is None:
+            try:
+                jump = self.declared_jump(tid, value)
+            except Exception as exc:  # noqa: BLE001
+                self.fail_for_good(tid, attempt, self.error_of(exc), "error", exc)
+                return
+        if jump is not None:
+            problem = self.check_jump(tid, jump)
+            if problem is not None:
+                self.fail_for_good(tid, attempt, self.error_of(problem), "error", problem)
+                return
+        payload = _NONE_OUTPUT if value is None else _output_payload(self.run, tid, attempt, value)
+        if fallback:
+            payload = {**payload, "fallback": fallback}
+        self.values[tid] = value
+        self.emit(ev.TASK_SUCCEEDED, tid, attempt, payload)
+        self.completed.append(tid)
+        if jump is not None and jump.kind == "back_to":
+            self.go_back(tid, jump.step)
+            return
+        if jump is not None:
+            self.go_forward(tid, jump.step)
+        self.done(tid)
+
+    def attempt_failed(self, tid: str, attempt: int, error: dict[str, Any], reason: str, exc: BaseException | None) -> None:
+        options = self.index[tid].options
+        spec = self.index[tid].spec
+        if reason == "timeout" and options.on_timeout != "retry":
+            if options.on_timeout == "skip":
+                self.emit(ev.TASK_TIMED_OUT, tid, attempt, {"timeout_s": options.timeout, "error": error, "then": "skip"})
+                self.skip(tid, f"timed out after {format_duration(options.timeout or 0)} (on_timeout: skip)", {"timeout_s": options.timeout})
+                return
+            if options.on_timeout == "fallback":
+                self.use_fallback(tid, attempt, f"timed out after {format_duration(options.timeout or 0)}")
+                return
+            self.fail_for_good(tid, attempt, error, reason, exc)
+            return
+        retriable = options.retries_error(exc) if reason == "error" else True
+        base = self.base_attempt(tid)
+        if retriable and attempt - base <= options.retries:
+            delay = options.delay_before(attempt - base + 1, self.rng.random())
+            self.emit(
+                ev.TASK_RETRYING,
+                tid,
+                attempt,
+                {"error": error, "reason": reason, "delay_s": delay, "next_attempt": attempt + 1},
+            )
+            self.counter += 1
+            heapq.heappush(self.retry_heap, (time.monotonic() + delay, self.counter, tid, attempt + 1))
+            return
+        if spec.fallback is not None:
+            self.use_fallback(tid, attempt, f"failed: {error['exc_type']}: {error['message']}", error)
+            return
+        self.fail_for_good(tid, attempt, error, reason, exc)
+
+    def base_attempt(self, tid: str) -> int:
+        """Attempts of earlier loop iterations (attempt numbers go on across iterations)."""
+        return self.run._iteration_base.get(tid, 0)
+
+    def use_fallback(self, tid: str, attempt: int, why: str, error: dict[str, Any] | None = None) -> None:
+        spec = self.index[tid].spec
+        ref = spec.fallback
+        fn = self.wf.callables.get(ref or "")
+        if ref is None or fn is None:
+            problem = StepFailed(f"task {tid!r}: fallback {ref} was not found when the workflow was loaded")
+            self.fail_for_good(tid, attempt, error or self.error_of(problem), "error", problem)
+            return
+        self.emit(ev.FALLBACK_USED, tid, attempt, {"reason": self.masker.text(why), "fallback": ref})
+        kwargs = _fit(fn, self.kwargs_for(tid, None, None))
+        self.submit((tid, "fallback"), tid, attempt, fn, kwargs, {"fallback": ref, "own_timeout": True})
+
+    def fail_for_good(self, tid: str, attempt: int, error: dict[str, Any], reason: str, exc: BaseException | None) -> None:
+        spec = self.index[tid].spec
+        options = self.index[tid].options
+        if reason == "timeout":
+            self.emit(ev.TASK_TIMED_OUT, tid, attempt, {"timeout_s": options.timeout, "error": error})
+        else:
+            self.emit(ev.TASK_FAILED, tid, attempt, {"error": error, **({"continued": True} if spec.continue_on_failure else {})})
+        failure = TaskFailure(tid, attempt, error["exc_type"], error["message"], error["traceback"])
+        if exc is not None:
+            self.run._exceptions[tid] = _masked_exception(exc, self.masker)
+        if spec.continue_on_failure:
+            self.run.continued[tid] = failure
+            self.values[tid] = None
+            self.done(tid)
+            return
+        self.run.failures[tid] = failure
+        self.failed.append(tid)
+        self.skip_downstream(tid)
+
+    def skip_downstream(self, tid: str) -> None:
+        todo = deque(self.down[tid])
+        while todo:
+            d = todo.popleft()
+            if self.tasks_state[d].status == "pending":
+                self.emit(ev.TASK_SKIPPED, d, None, {"reason": f"upstream task {tid!r} failed", "upstream": tid})
+                todo.extend(self.down[d])
+
+    def timed_out(self, key: Any, attempt: int) -> None:
+        _, handle, meta = self.running.pop(key)
+        if handle is not None:
+            handle.cancel()
+        tid = key if isinstance(key, str) else key[0]
+        limit = self.index[tid].options.timeout or 0
+        exc = TimeoutError(f"task {tid!r} ran longer than its timeout of {format_duration(limit)}")
+        self.circuit_after(tid, meta, exc)
+        if meta.get("kind") == "item":
+            self.item_finished(meta["frame"], meta["index"], None, exc, "")
+            return
+        error = {"exc_type": "TimeoutError", "message": str(exc), "traceback": ""}
+        self.attempt_failed(tid, attempt, error, "timeout", None)
+
+    def circuit_after(self, tid: str, meta: Mapping[str, Any], exc: BaseException | None) -> None:
+        breaker = self.index[tid].spec.circuit_breaker
+        if breaker is None or "probe" not in meta:
+            return
+        from .resilience import circuit_after
+
+        transition = circuit_after(self.run, breaker, success=exc is None, probe=meta["probe"])
+        if transition:
+            self.emit(ev.CIRCUIT_CHANGED, tid, None, {"circuit": breaker["name"], "transition": transition})
+
+    # --- loops ---------------------------------------------------------------------------------
+
+    def declared_jump(self, tid: str, value: Any) -> Jump | None:
+        spec = self.index[tid].spec
+        for kind in ("back_to", "skip_to"):
+            jump = getattr(spec, kind)
+            if not jump:
+                continue
+            when = jump.get("when")
+            if when is None:
+                return Jump(kind, jump["step"], value)
+            from .expressions import parse_condition
+
+            if parse_condition(when).evaluate(self.context(output=value, with_output=True)):
+                return Jump(kind, jump["step"], value)
+        return None
+
+    def ancestors(self) -> dict[str, set[str]]:
+        if self._ancestors is None:
+            out: dict[str, set[str]] = {}
+            for tid in self.wf.order:
+                acc: set[str] = set()
+                for up in self.index[tid].upstream:
+                    acc.add(up)
+                    acc |= out[up]
+                out[tid] = acc
+            self._ancestors = out
+        return self._ancestors
+
+    def check_jump(self, tid: str, jump: Jump) -> StepFailed | None:
+        target = jump.step
+        if target not in self.index:
+            return StepFailed(f"task {tid!r} returned {jump.kind}({target!r}), but there is no task {target!r}")
+        anc = self.ancestors()
+        if jump.kind == "back_to":
+            if target != tid and target not in anc[tid]:
+                return StepFailed(f"task {tid!r} returned back_to({target!r}), but {target!r} does not run before it")
+            declared = self.index[tid].spec.back_to
+            limit = (declared or {}).get("max_iterations", 100)
+            count = self.jumps.get((tid, target), 0) + 1
+            if count > limit:
+                return StepFailed(
+                    f"loop from {tid!r} back to {target!r} exceeded its limit of {limit} iterations; "
+                    "raise max_iterations or fix the loop's condition"
+                )
+            self.jumps[(tid, target)] = count
+        elif tid not in anc[target]:
+            return StepFailed(f"task {tid!r} returned skip_to({target!r}), but {target!r} does not depend on it")
+        return None
+
+    def go_back(self, tid: str, target: str) -> None:
+        """Run ``target`` and everything downstream of it again."""
+        anc = self.ancestors()
+        body = [t for t in self.wf.order if t == target or target in anc[t]]
+        iteration = self.jumps[(tid, target)]
+        self.emit(ev.LOOP_JUMPED, tid, None, {"kind": "back_to", "to": target, "iteration": iteration, "reset": body})
+        for t in body:
+            for key in [k for k in self.running if (k if isinstance(k, str) else k[0]) == t]:
+                handle = self.running.pop(key)[1]
+                if handle is not None:
+                    handle.cancel()
+            self.frames = [f for f in self.frames if f.tid != t]
+            self.ready = deque(r for r in self.ready if r != t)
+            state = self.tasks_state[t]
+            self.run._iteration_base[t] = state.attempt
+            if t in self.failed:
+                self.failed.remove(t)
+                self.run.failures.pop(t, None)
+            self.values.pop(t, None)
+            if t in self.completed:
+                self.completed.remove(t)
+            self.emit(ev.TASK_RESET, t, state.attempt or None, {"iteration": state.iteration + 1, "loop_from": tid})
+        body_set = set(body)
+        for t in body:
+            self.waiting[t] = len({u for u in self.index[t].upstream if u in body_set or not self.tasks_state[u].done})
+        self.consider(target)
+
+    def go_forward(self, tid: str, target: str) -> None:
+        anc = self.ancestors()
+        between = [t for t in self.wf.order if tid in anc[t] and t in anc[target]]
+        skipped = [t for t in between if self.tasks_state[t].status == "pending"]
+        self.emit(ev.LOOP_JUMPED, tid, None, {"kind": "skip_to", "to": target, "skipped": skipped})
+        self.forced.add(target)
+        for t in skipped:
+            self.emit(ev.TASK_SKIPPED, t, None, {"reason": f"skipped by skip_to from {tid!r}", "skip_to": target})
+            self.values[t] = None
+        for t in skipped:
+            for d in self.down[t]:
+                self.waiting[d] -= 1
+                if self.waiting[d] == 0 and d not in between:
+                    self.consider(d)
+
+    # --- the end -------------------------------------------------------------------------------
+
+    def compensate(self) -> None:
+        """Saga: undo what completed, last completed first."""
+        for tid in reversed(self.completed):
+            ref = self.index[tid].spec.compensate
+            if ref is None:
+                continue
+            fn = self.wf.callables.get(ref)
+            self.emit(ev.COMPENSATION_STARTED, tid, None, {"compensate": ref})
+            try:
+                if fn is None:
+                    raise StepFailed(f"compensation {ref} was not found when the workflow was loaded")
+                available = {**self.kwargs_for(tid, None, None), tid: self.values.get(tid), "output": self.values.get(tid)}
+                fn(**_fit(fn, available))
+            except Exception as exc:  # noqa: BLE001 - one failed undo must not stop the others
+                self.emit(ev.COMPENSATION_FAILED, tid, None, {"compensate": ref, "error": self.error_of(exc)})
+            else:
+                self.emit(ev.COMPENSATION_SUCCEEDED, tid, None, {"compensate": ref})
+
+    def cancel_all(self) -> None:
+        for _, handle, _meta in self.running.values():
+            if handle is not None:
+                handle.cancel()
+        try:
+            from .shell_step import kill_running
+
+            kill_running()
+        except Exception:  # noqa: BLE001 - best effort while stopping
+            pass
+
+    def error_of(self, exc: BaseException, prefix: str = "", traceback: str = "") -> dict[str, Any]:
+        mask = self.masker.text
+        return {"exc_type": type(exc).__name__, "message": mask(prefix + str(exc)), "traceback": mask(traceback)}
+
+
+class CircuitOpen(StepFailed):
+    """The step's circuit breaker is open: the call was not made."""
+
+
+def _fit(fn: Callable[..., Any], available: Mapping[str, Any]) -> dict[str, Any]:
+    """The subset of ``available`` that ``fn`` accepts by name."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return dict(available)
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return dict(available)
+    return {k: v for k, v in available.items() if k in params}
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        orjson.dumps(value)
+        return value
+    except TypeError:
+        return repr(value)[:200]
+
+
+def _masked_exception(exc: BaseException, masker: Any) -> BaseException:
+    if masker and any(isinstance(a, str) and masker.contains(a) for a in exc.args):
+        exc.args = tuple(masker.text(a) if isinstance(a, str) else a for a in exc.args)
+    return exc
 
 
 def _output_payload(run: Run, tid: str, attempt: int, value: Any) -> dict[str, Any]:
     """Small JSON values go inline in the event; others become artifacts in the store."""
     kind = type(value)
+    masker = run.masker
     if kind in _INLINE_TYPES:
         try:
             encoded = orjson.dumps(value)
             if len(encoded) <= INLINE_OUTPUT_LIMIT and orjson.loads(encoded) == value:
-                return {"output": value, "output_ref": None, "output_type": kind.__name__, "stored": True}
+                return {"output": masker.value(value), "output_ref": None, "output_type": kind.__name__, "stored": True}
         except (TypeError, orjson.JSONEncodeError):
             pass
+    if masker:
+        value = masker.value(value)  # what can be masked is; see docs/secrets.md for the rest
     try:
         ref = run.store.save_artifact(run.run_id, tid, attempt, value)
     except Exception as exc:  # noqa: BLE001 - an unstorable output must not fail a task that worked
@@ -245,7 +990,7 @@ def _output_payload(run: Run, tid: str, attempt: int, value: Any) -> dict[str, A
             "output_ref": None,
             "output_type": kind.__name__,
             "stored": False,
-            "output_repr": repr(value)[:200],
+            "output_repr": masker.text(repr(value)[:200]),
         }
     return {"output": None, "output_ref": dict(ref), "output_type": kind.__name__, "stored": True}
 

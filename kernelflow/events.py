@@ -31,6 +31,21 @@ TASK_RETRYING = "TaskRetrying"  # an attempt failed or timed out; another follow
 TASK_FAILED = "TaskFailed"  # the last attempt failed
 TASK_TIMED_OUT = "TaskTimedOut"  # the last attempt ran past its timeout
 TASK_SKIPPED = "TaskSkipped"  # will not run (payload.reason says why)
+TASK_RESET = "TaskReset"  # a loop (back_to) sends the task back to pending for another iteration
+# Flow and resilience (history; only TaskReset changes a status)
+CONDITION_EVALUATED = "ConditionEvaluated"  # payload: when, result
+SWITCH_MATCHED = "SwitchMatched"  # payload: value, case, target
+FOREACH_STARTED = "ForEachStarted"  # payload: path, count
+FOREACH_ITEM = "ForEachItem"  # payload: path, index, status (succeeded|failed|retrying), error
+LOOP_JUMPED = "LoopJumped"  # payload: kind (back_to|skip_to), to, iteration, reset|skipped
+FALLBACK_USED = "FallbackUsed"  # payload: reason, fallback
+CIRCUIT_CHANGED = "CircuitChanged"  # payload: circuit, transition, reason
+COMPENSATION_STARTED = "CompensationStarted"
+COMPENSATION_SUCCEEDED = "CompensationSucceeded"
+COMPENSATION_FAILED = "CompensationFailed"
+# A failed run is in the dead letter queue until one of these is appended to it.
+DEAD_LETTER_RETRIED = "DeadLetterRetried"  # payload: new_run_id, inputs (the changed ones)
+DEAD_LETTER_DISCARDED = "DeadLetterDiscarded"  # payload: reason
 
 RUN_EVENT_TYPES = (RUN_STARTED, RUN_SUCCEEDED, RUN_FAILED)
 TASK_EVENT_TYPES = (
@@ -41,8 +56,23 @@ TASK_EVENT_TYPES = (
     TASK_FAILED,
     TASK_TIMED_OUT,
     TASK_SKIPPED,
+    TASK_RESET,
 )
-EVENT_TYPES = RUN_EVENT_TYPES + TASK_EVENT_TYPES
+FLOW_EVENT_TYPES = (
+    CONDITION_EVALUATED,
+    SWITCH_MATCHED,
+    FOREACH_STARTED,
+    FOREACH_ITEM,
+    LOOP_JUMPED,
+    FALLBACK_USED,
+    CIRCUIT_CHANGED,
+    COMPENSATION_STARTED,
+    COMPENSATION_SUCCEEDED,
+    COMPENSATION_FAILED,
+    DEAD_LETTER_RETRIED,
+    DEAD_LETTER_DISCARDED,
+)
+EVENT_TYPES = RUN_EVENT_TYPES + TASK_EVENT_TYPES + FLOW_EVENT_TYPES
 
 # Columns of the `events` table, in order. The store and the SQL views use it.
 EVENT_FIELDS = (

@@ -30,8 +30,9 @@ TASK_STATUS_BY_EVENT = {
     ev.TASK_FAILED: "failed",
     ev.TASK_TIMED_OUT: "timed_out",
     ev.TASK_SKIPPED: "skipped",
+    ev.TASK_RESET: "pending",
 }
-TASK_STATUSES = ("pending",) + tuple(dict.fromkeys(TASK_STATUS_BY_EVENT.values()))
+TASK_STATUSES = tuple(dict.fromkeys(("pending", *TASK_STATUS_BY_EVENT.values())))
 FINAL_TASK_STATUSES = frozenset({"succeeded", "failed", "timed_out", "skipped"})
 FINAL_RUN_STATUSES = frozenset({"succeeded", "failed"})
 
@@ -56,6 +57,7 @@ class TaskState:
     output_ref: dict[str, Any] | None = None
     output_type: str | None = None
     output_stored: bool = False
+    iteration: int = 0
 
     @property
     def done(self) -> bool:
@@ -155,6 +157,15 @@ def apply(state: RunState, event: ev.Event) -> RunState:
     elif kind == ev.TASK_SKIPPED:
         task.ended_at = event.ts
         task.reason = payload.get("reason")
+    elif kind == ev.TASK_RESET:
+        # Another iteration: the attempt count goes on (attempt numbers stay
+        # unique per task), everything else starts over.
+        task.iteration = payload.get("iteration", task.iteration + 1)
+        task.scheduled_at = task.started_at = task.ended_at = None
+        task.error = None
+        task.reason = None
+        task.output = task.output_ref = task.output_type = None
+        task.output_stored = False
     else:  # retrying, failed, timed out: an attempt ended badly
         task.ended_at = event.ts
         task.error = payload.get("error")

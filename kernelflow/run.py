@@ -38,7 +38,10 @@ class Run:
         store: EventStore,
         *,
         raise_on_failure: bool = True,
+        parent_info: Mapping[str, Any] | None = None,
     ) -> None:
+        from .secrets import Masker, Secrets
+
         self.run_id = run_id
         self.workflow = workflow
         self.inputs = dict(inputs)
@@ -46,6 +49,13 @@ class Run:
         self.raise_on_failure = raise_on_failure
         self.state = RunState(run_id)
         self.failures: dict[str, TaskFailure] = {}
+        # Tasks that failed with continue_on_failure: recorded, not failing the run.
+        self.continued: dict[str, TaskFailure] = {}
+        # Sub-workflow runs: parent_run_id, parent_task, call_stack (workflow names), depth.
+        self.parent_info: dict[str, Any] = dict(parent_info or {})
+        self.masker = Masker()
+        self.secrets = Secrets(self.masker)
+        self._iteration_base: dict[str, int] = {}
         self._values: dict[str, Any] = {}
         self._exceptions: dict[str, BaseException] = {}
         self._seq = 0

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from kernelflow.executor_api import ExecutorSpec
     from kernelflow.observer_api import RunObserver
     from kernelflow.run import Run
+    from kernelflow.secrets import SecretProvider
     from kernelflow.store_api import EventStore
 
 PROJECT = "kernelflow"
@@ -69,4 +70,19 @@ def kernelflow_run_observers(run: Run) -> list[RunObserver] | None:
     notebook plugin can tell whether the run belongs to the cell being
     executed). The engine then calls each observer's ``on_events`` with the
     events it records, and ``on_finish`` when the run ends.
+    """
+
+
+# --- secrets -----------------------------------------------------------------------
+
+
+@hookspec
+def kernelflow_secret_providers() -> list[SecretProvider]:
+    """Return secret providers (:class:`kernelflow.secrets.SecretProvider`):
+    objects with a ``name`` and ``get(name) -> str | None``.
+
+    Called when a run first resolves ``{{secrets.NAME}}``; providers are
+    asked in registration order (built-in ``env`` last) and the first value
+    that is not ``None`` wins. Values are masked in everything kernelflow
+    records or shows; a provider must not log them.
     """

@@ -22,7 +22,7 @@ def python_blocks(path: Path) -> list[str]:
 def test_doc_examples_run(path: Path):
     namespace: dict = {"__name__": f"docs_{path.stem}"}
     for i, block in enumerate(python_blocks(path)):
-        code = compile(block, f"{path.name} (python block {i + 1})", "exec")
+        code = compile(block, f"{path.name} (python block {i + 1})", "exec", dont_inherit=True)
         exec(code, namespace)
 
 

@@ -135,9 +135,9 @@ def test_functions_must_be_a_list():
     [
         ({"retries": -1}, "retries must be a whole number >= 0"),
         ({"retries": 1.5}, "retries must be a whole number"),
-        ({"backoff": "linear-ish"}, "backoff must be one of fixed, exponential"),
+        ({"backoff": "linear-ish"}, "backoff must be one of fixed, linear, exponential"),
         ({"timeout": "soon"}, "timeout must be a duration like"),
-        ({"timeout": 0}, "timeout must be greater than zero"),
+        ({"timeout": 0}, "timeout must be a duration greater than zero"),
         ({"timeout": True}, "timeout must be a duration"),
         ({"retry_delay": "fast"}, "retry_delay must be a duration"),
         ({"executor": ""}, "executor must be an executor name"),
