@@ -15,8 +15,13 @@ from __future__ import annotations
 from typing import Any
 
 from .api import history, plugin_names, sql, workflows
-from .decorators import task
+from .circuits import circuit, circuits
+from .dead_letters import dlq
+from .decorators import for_each, task
 from .definitions import workflow
+from .engine import back_to, skip_to
+from .step_factories import http, shell, step, subworkflow, switch
+from .yaml_compiler import load
 from .events import Event
 from .exceptions import (
     CycleError,
@@ -58,13 +63,25 @@ __all__ = [
     "TaskOptions",
     "TaskState",
     "Workflow",
+    "back_to",
+    "circuit",
+    "circuits",
+    "dlq",
+    "for_each",
     "fold",
     "history",
     "hookimpl",
+    "http",
+    "load",
     "open_store",
     "plugin_names",
+    "shell",
+    "skip_to",
     "sql",
+    "step",
     "store_location",
+    "subworkflow",
+    "switch",
     "task",
     "use_store",
     "workflow",

@@ -18,11 +18,15 @@ import linecache
 import types
 from typing import Any, Callable, MutableMapping
 
-from .decorators import options_of
+from dataclasses import replace
+
+from .catalog import remember
+from .decorators import step_options_of
 from .definitions import check_not_self_dependent, function_of
 from .exceptions import DefinitionError, KernelflowError
 from .fingerprint import strip_docstrings
 from .model import DEFAULT_EXECUTOR, Param, Task, Workflow, gc_paused
+from .steps import build_step, cell_locator
 
 
 def compile_cell(
@@ -67,23 +71,34 @@ def compile_cell(
         ) from None
 
     defs = _task_defs(tree)
-    if not defs:
+    assigned = _step_assignments(tree)
+    for sid, node in assigned.items():
+        if sid in defs:
+            raise DefinitionError(
+                f"task {sid!r} is defined twice (cell lines {defs[sid].lineno} and {node.lineno})",
+                location=f"cell line {node.lineno}",
+                hint=f"rename one of the two definitions of {sid!r}",
+            )
+    if not defs and not assigned:
         raise DefinitionError(
             f"the cell defines no tasks for workflow {name!r}",
             location="cell line 1",
-            hint="define at least one top-level function with def (names starting with _ are helpers)",
+            hint="define at least one top-level function with def (names starting with _ are helpers), "
+            "or assign a step: fetch = kf.shell([...])",
         )
-    if name in defs:
+    if name in defs or name in assigned:
+        line = defs[name].lineno if name in defs else assigned[name].lineno
         raise DefinitionError(
-            f"the workflow is named {name!r} like one of its tasks (cell line {defs[name].lineno}), "
-            "and binding the workflow would hide the function",
+            f"the workflow is named {name!r} like one of its tasks (cell line {line}), "
+            "and binding the workflow would hide the task",
             location="cell line 1",
             hint="rename the workflow or the task",
         )
     with gc_paused():
-        static_tasks = _static_tasks(defs)
+        static_tasks = _static_tasks(defs, set(assigned))
+        static_steps = [Task(id=sid, params=(), deps=(), line=node.lineno) for sid, node in assigned.items()]
         # Validate the wiring before running anything (cycles, unknown deps, duplicates).
-        Workflow.build(name, static_tasks, max_parallel=max_parallel, executor=executor)
+        Workflow.build(name, static_tasks + static_steps, max_parallel=max_parallel, executor=executor)
         code = compile(tree, filename, "exec")
         # The code object is independent of the tree now, so fingerprinting may
         # strip docstrings in place: one pass, no copies.
@@ -103,10 +118,30 @@ def compile_cell(
             hint="fix the error; the workflow was not defined (definitions made before it stay in the namespace)",
         ) from exc
 
+    from .step_factories import StepDef
+
+    steps_here = {sid: namespace.get(sid) for sid in assigned}
+    for sid, value in steps_here.items():
+        if not isinstance(value, StepDef):
+            raise DefinitionError(
+                f"{sid!r} was assigned a step on cell line {assigned[sid].lineno}, but holds "
+                f"{type(value).__name__} after the cell ran",
+                location=f"cell line {assigned[sid].lineno}",
+                hint=f"assign {sid!r} only once in the cell",
+            )
+    # A function used as a switch case, fallback or compensation belongs to that step.
+    used = _functions_used_by_steps(
+        [step_options_of(namespace.get(t.id)) for t in static_tasks] + [v.options for v in steps_here.values()]
+    )
+    task_ids = [t.id for t in static_tasks if namespace.get(t.id) not in used] + list(assigned)
     tasks = []
     functions: dict[str, Callable[..., Any]] = {}
+    callables: dict[str, Callable[..., Any]] = {}
+    aux_hashes: dict[str, str] = {}
     for static in static_tasks:
         obj = namespace.get(static.id)
+        if static.id not in task_ids:
+            continue
         where = f"cell line {static.line}"
         try:
             function_of(obj, what=f"{static.id!r}")  # raises unless a plain function is behind it
@@ -116,18 +151,38 @@ def compile_cell(
                 location=where,
                 hint="remove the decorator that replaces it, or rename it with a leading _ to make it a helper",
             ) from None
-        tasks.append(
-            Task(
-                id=static.id,
-                params=static.params,
-                deps=static.deps,
-                options=options_of(obj),
-                ref=f"python:{static.id}",  # found again by name in the notebook namespace
-                code_hash=task_hashes[static.id],
-                line=static.line,
-            )
+        built = build_step(
+            static.id,
+            step_options_of(obj),
+            task_ids=task_ids,
+            locate=cell_locator(static.line),
+            workflow_name=name,
+            namespace=namespace,
+            function=obj,
+            line=static.line,
+            code_hash=task_hashes[static.id],
         )
+        # Found again by name in the notebook namespace.
+        tasks.append(replace(built.task, ref=f"python:{static.id}"))
         functions[static.id] = obj
+        callables.update(built.callables)
+        aux_hashes.update(built.aux_hashes)
+    for sid, node in assigned.items():
+        built = build_step(
+            sid,
+            steps_here[sid].options,
+            task_ids=task_ids,
+            locate=cell_locator(node.lineno),
+            workflow_name=name,
+            namespace=namespace,
+            line=node.lineno,
+        )
+        tasks.append(built.task)
+        if built.function is not None:
+            functions[sid] = built.function
+        callables.update(built.callables)
+        aux_hashes.update(built.aux_hashes)
+    tasks.sort(key=lambda t: t.line or 0)
     wf = Workflow.build(
         name,
         tasks,
@@ -136,11 +191,60 @@ def compile_cell(
         executor=executor,
         source=body,
         source_hash=source_hash,
+        callables=callables,
+        aux_hashes=aux_hashes,
     )
     from .api import check_executors
+    from .subworkflows import check_calls
 
+    check_calls(wf, namespace)
     check_executors(wf, location_of=lambda tid: f"cell line {wf[tid].line}")
+    remember(wf)
     return wf
+
+
+STEP_FACTORIES = frozenset({"shell", "http", "subworkflow", "switch", "step"})
+
+
+def _step_assignments(tree: ast.Module) -> dict[str, ast.Assign]:
+    """``name = kf.shell(...)`` (any of the step factories) at the top level."""
+    found: dict[str, ast.Assign] = {}
+    for node in tree.body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            continue
+        call = node.value
+        if not isinstance(call, ast.Call):
+            continue
+        func = call.func
+        attr = func.attr if isinstance(func, ast.Attribute) else None
+        if attr in STEP_FACTORIES and isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+            target = node.targets[0].id
+            if target.startswith("_"):
+                continue
+            if target in found:
+                raise DefinitionError(
+                    f"task {target!r} is defined twice (cell lines {found[target].lineno} and {node.lineno})",
+                    location=f"cell line {node.lineno}",
+                    hint=f"rename one of the two steps named {target!r}",
+                )
+            found[target] = node
+    return found
+
+
+def _functions_used_by_steps(options: list[dict[str, Any]]) -> set[Any]:
+    used: set[Any] = set()
+    for opts in options:
+        for key in ("fallback", "compensate"):
+            if callable(opts.get(key)):
+                used.add(opts[key])
+        switch = opts.get("switch")
+        if isinstance(switch, dict):
+            used.update(v for v in (switch.get("cases") or {}).values() if callable(v))
+            if callable(switch.get("default")):
+                used.add(switch["default"])
+        if callable(opts.get("run")):
+            used.add(opts["run"])
+    return used
 
 
 def _task_defs(tree: ast.Module) -> dict[str, ast.FunctionDef | ast.AsyncFunctionDef]:
@@ -157,7 +261,7 @@ def _task_defs(tree: ast.Module) -> dict[str, ast.FunctionDef | ast.AsyncFunctio
     return defs
 
 
-def _static_tasks(defs: dict[str, ast.FunctionDef | ast.AsyncFunctionDef]) -> list[Task]:
+def _static_tasks(defs: dict[str, ast.FunctionDef | ast.AsyncFunctionDef], steps: set[str] = frozenset()) -> list[Task]:
     tasks = []
     for tid, node in defs.items():
         where = f"cell line {node.lineno}"
@@ -173,7 +277,7 @@ def _static_tasks(defs: dict[str, ast.FunctionDef | ast.AsyncFunctionDef]) -> li
         params = [_param(a, d) for a, d in zip(positional, defaults)]
         params += [_param(a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults)]
         check_not_self_dependent(tid, params, location=where)
-        deps = tuple(p.name for p in params if p.name in defs)
+        deps = tuple(p.name for p in params if p.name in defs or p.name in steps)
         tasks.append(Task(id=tid, params=tuple(params), deps=deps, line=node.lineno))
     return tasks
 

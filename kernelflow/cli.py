@@ -37,8 +37,10 @@ def _store(args: argparse.Namespace) -> Any:
 
 def cmd_run(args: argparse.Namespace) -> int:
     target = Path(args.target)
+    if target.suffix in (".yaml", ".yml"):
+        return _run_yaml(args, target)
     if target.suffix != ".ipynb":
-        print(f"error: {target} is not a notebook (.ipynb); YAML workflow files come with the YAML issue", file=sys.stderr)
+        print(f"error: {target} is neither a notebook (.ipynb) nor a workflow file (.yaml)", file=sys.stderr)
         return EXIT_USAGE
     if not target.is_file():
         print(f"error: notebook {target} not found", file=sys.stderr)
@@ -181,13 +183,65 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_yaml(args: argparse.Namespace, target: Path) -> int:
+    """Run a YAML workflow file here; ``python:NAME`` steps need a notebook, so
+    files run from the CLI call importable ``module:function`` refs."""
+    from .store_access import use_store
+    from .yaml_compiler import load
+
+    if not target.is_file():
+        print(f"error: workflow file {target} not found", file=sys.stderr)
+        return EXIT_USAGE
+    if args.store:
+        use_store(args.store)
+    sys.path.insert(0, str(target.resolve().parent))  # modules beside the file are importable
+    wf = load(target, {})
+    inputs = {key: parse_literal(value) for key, value in args.parameter}
+    run = wf.run(**inputs, raise_on_failure=False)
+    print(run.summary())
+    return EXIT_OK if run.status == "succeeded" else EXIT_FAILED
+
+
+# --- dead letters --------------------------------------------------------------
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from .dead_letters import dlq
+    from .store_access import use_store
+
+    if args.store:
+        use_store(args.store)
+    if args.action == "list":
+        df = dlq(args.workflow)
+        if df.height == 0:
+            print("the dead letter queue is empty")
+        else:
+            print(_table(df.select("run_id", "workflow", "failed_at", "error", "inputs")))
+        return EXIT_OK
+    if args.run_id is None:
+        print(f"error: dlq {args.action} needs a RUN_ID (see kernelflow dlq list)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.action == "discard":
+        dlq.discard(args.run_id, args.reason or "")
+        print(f"run {args.run_id} discarded")
+        return EXIT_OK
+    inputs = {key: parse_literal(value) for key, value in args.parameter}
+    if args.file:
+        from .yaml_compiler import load
+
+        load(Path(args.file), {})  # defines the workflow in this process so it can be retried
+    run = dlq.retry(args.run_id, wait=True, raise_on_failure=False, **inputs)
+    print(run.summary())
+    return EXIT_OK if run.status == "succeeded" else EXIT_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kernelflow", description="Workflows that live in the notebook.")
     parser.add_argument("--store", help="store folder (default: $KERNELFLOW_HOME or ./.kernelflow)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="execute a notebook headless with papermill and summarise its runs")
-    p.add_argument("target", help="a notebook (.ipynb)")
+    p = sub.add_parser("run", help="execute a notebook headless with papermill (or a YAML workflow file) and summarise its runs")
+    p.add_argument("target", help="a notebook (.ipynb) or a workflow file (.yaml)")
     p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="a papermill parameter (repeatable); VALUE is a Python literal or a string")
     p.add_argument("-o", "--output", help="where to write the executed notebook (default out/NAME.ipynb)")
@@ -203,6 +257,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="one run: its DAG with statuses, attempts and errors")
     p.add_argument("run_id")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("dlq", help="the dead letter queue: runs that failed for good")
+    p.add_argument("action", choices=["list", "retry", "discard"])
+    p.add_argument("run_id", nargs="?", help="the failed run (retry, discard)")
+    p.add_argument("--workflow", help="list: only this workflow")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="retry: an input to change (repeatable)")
+    p.add_argument("--file", help="retry: the YAML file defining the workflow")
+    p.add_argument("--reason", help="discard: why (recorded)")
+    p.set_defaults(func=cmd_dlq)
 
     p = sub.add_parser("sql", help="query the store with SQL (views: events, runs, task_attempts, workflows)")
     p.add_argument("query")

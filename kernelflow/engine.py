@@ -869,6 +869,8 @@ class _Driver:
             self.frames = [f for f in self.frames if f.tid != t]
             self.ready = deque(r for r in self.ready if r != t)
             state = self.tasks_state[t]
+            if state.status == "pending":
+                continue  # not reached in this iteration: nothing to reset
             self.run._iteration_base[t] = state.attempt
             if t in self.failed:
                 self.failed.remove(t)

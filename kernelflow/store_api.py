@@ -6,7 +6,7 @@ The core never imports a concrete store: it asks the plugin host for one
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, ContextManager, Mapping, Protocol, Sequence, runtime_checkable
 
 if TYPE_CHECKING:  # pragma: no cover
     import polars as pl
@@ -25,6 +25,14 @@ class EventStore(Protocol):
 
     location: str
     """Human-readable location (a path or URL), used in messages."""
+
+    circuits: Any
+    """Circuit-breaker state shared by every run and process on this store: a
+    CircuitTable-like object (see ``kernelflow.store.circuits.CircuitTable``)
+    with ``transact(name, update)`` (an exclusive read-modify-write across
+    threads and processes; ``update(state) -> (result, new_state)``, ``None``
+    deletes), ``read(name)`` and ``read_all()``. States are the JSON-able dicts
+    of :mod:`kernelflow.circuit_breaker`."""
 
     def append(self, event: Event) -> None:
         """Record one event durably (at least handed to the OS) before returning."""
@@ -48,6 +56,10 @@ class EventStore(Protocol):
 
     def load_artifact(self, ref: Mapping[str, Any]) -> Any:
         """Load a value saved by :meth:`save_artifact`."""
+
+    def run_lock(self, run_id: str) -> ContextManager[None]:
+        """An exclusive lock, across processes, for appending to a run that no
+        engine drives (dead letter actions on a finished run)."""
 
     def close(self) -> None:
         """Release what the store holds in this process (files, threads)."""

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
+import fcntl
 import os
 import threading
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from kernelflow.events import Event
 
 from . import artifacts
+from .circuits import CircuitTable
 from .compaction import BackgroundCompactor, compact_closed, compact_segment, list_segments
 from .layout import SCHEMA_VERSION, Layout, ensure_created, migrate, read_marker
 from .query import QueryEngine
@@ -83,6 +86,7 @@ class FolderStore:
         )
         self._query = QueryEngine(self.layout)
         self._registry = WorkflowRegistry(self.layout)
+        self._circuits: CircuitTable | None = None
         _open_stores.add(self)
         # Segments left by processes that died (kill -9, os._exit, a crashed
         # kernel) are compacted by whoever opens the store next.
@@ -112,6 +116,35 @@ class FolderStore:
     def segment_path(self) -> Path | None:
         """This process's open segment, if it has appended since the last rotation."""
         return self._writer.path
+
+    @property
+    def circuits(self) -> CircuitTable:
+        """Circuit-breaker state shared by every run and process on this store
+        (``circuits/``; see :mod:`kernelflow.store.circuits`). Writing the first
+        circuit creates the store like any other first write."""
+        table = self._circuits
+        if table is None:
+            # A race makes two tables at worst: they share the files and their flocks.
+            table = self._circuits = CircuitTable(
+                self.path / "circuits", before_write=self._ensure_created, fsync=self.fsync
+            )
+        return table
+
+    @contextlib.contextmanager
+    def run_lock(self, run_id: str) -> Iterator[None]:
+        """Exclusive, across processes, for appending to a run no engine drives
+        (dead letter actions on a finished run): read its last ``seq``, append
+        the next, release. Engines driving a run never take it."""
+        self._ensure_created()
+        folder = self.path / "locks"
+        folder.mkdir(exist_ok=True)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)
+        with open(folder / f"{safe}.lock", "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # -- EventStore --------------------------------------------------------------
 

@@ -156,3 +156,39 @@ FROM _workflow_defs d
 LEFT JOIN usage u
        ON u.workflow = d.definition ->> 'name' AND u.workflow_version = d.definition ->> 'version'
 ORDER BY registered_at, name, version;
+
+-- dead_letters: runs that failed for good and wait for a decision (kf.dlq()):
+-- failed, not interrupted (those are resumed, not retried), not a sub-workflow's
+-- child run (its parent step failed with it), and neither retried nor discarded.
+CREATE OR REPLACE VIEW dead_letters AS
+WITH failed AS (
+    SELECT run_id, arg_max(payload, seq) AS payload, arg_max(ts_us, seq) AS failed_us
+    FROM _events_raw
+    WHERE type = 'RunFailed'
+    GROUP BY run_id
+),
+handled AS (
+    SELECT run_id, bool_or(type = 'DeadLetterRetried') AS retried
+    FROM _events_raw
+    WHERE type IN ('DeadLetterRetried', 'DeadLetterDiscarded')
+    GROUP BY run_id
+),
+children AS (
+    SELECT DISTINCT run_id
+    FROM _events_raw
+    WHERE type = 'RunStarted' AND payload ->> 'parent_run_id' IS NOT NULL
+)
+SELECT r.run_id,
+       r.workflow,
+       r.workflow_version,
+       make_timestamp(f.failed_us) AS failed_at,
+       f.payload ->> 'error' AS error,
+       r.inputs,
+       r.tasks_failed
+FROM runs r
+JOIN failed f USING (run_id)
+WHERE r.status = 'failed'
+  AND coalesce(TRY_CAST(f.payload ->> 'interrupted' AS BOOLEAN), false) = false
+  AND r.run_id NOT IN (SELECT run_id FROM handled)
+  AND r.run_id NOT IN (SELECT run_id FROM children)
+ORDER BY failed_at, run_id;
