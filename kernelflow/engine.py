@@ -429,12 +429,13 @@ class _Driver:
         if breaker is not None:
             from .resilience import circuit_before
 
-            decision = circuit_before(self.run, tid, breaker)
+            decision, asked_at = circuit_before(self.run, tid, breaker)
             if decision.transition:
                 self.emit(ev.CIRCUIT_CHANGED, tid, None, {"circuit": breaker["name"], "transition": decision.transition, "reason": decision.reason})
             if not decision.allowed:
                 raise CircuitOpen(decision.reason)
             meta["probe"] = decision.probe
+            meta["asked_at"] = asked_at
         kind = spec.kind
         if kind == "python":
             fn = self.plan[tid][0]
@@ -801,7 +802,9 @@ class _Driver:
             return
         from .resilience import circuit_after
 
-        transition = circuit_after(self.run, breaker, success=exc is None, probe=meta["probe"])
+        transition = circuit_after(
+            self.run, breaker, success=exc is None, probe=meta["probe"], started_at=meta.get("asked_at")
+        )
         if transition:
             self.emit(ev.CIRCUIT_CHANGED, tid, None, {"circuit": breaker["name"], "transition": transition})
 

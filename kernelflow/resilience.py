@@ -21,8 +21,9 @@ def _config(breaker: Mapping[str, Any]) -> CircuitConfig:
     return CircuitConfig.from_options({k: v for k, v in breaker.items() if k != "name"}) or CircuitConfig()
 
 
-def circuit_before(run: Run, task_id: str, breaker: Mapping[str, Any]) -> Decision:
-    """May the call go ahead? (A half-open circuit lets a few probes through.)"""
+def circuit_before(run: Run, task_id: str, breaker: Mapping[str, Any]) -> tuple[Decision, float]:
+    """May the call go ahead? (A half-open circuit lets a few probes through.)
+    Returns the decision and the time it was made (pass it to :func:`circuit_after`)."""
     name = breaker["name"]
     config = _config(breaker)
     now = time.time()
@@ -30,16 +31,19 @@ def circuit_before(run: Run, task_id: str, breaker: Mapping[str, Any]) -> Decisi
     def update(state: dict[str, Any] | None) -> tuple[Decision, dict[str, Any]]:
         return before_call(state, config, now, name)
 
-    return run.store.circuits.transact(name, update)
+    return run.store.circuits.transact(name, update), now
 
 
-def circuit_after(run: Run, breaker: Mapping[str, Any], *, success: bool, probe: bool) -> str | None:
-    """Record the call's result; returns the transition it caused, if any."""
+def circuit_after(
+    run: Run, breaker: Mapping[str, Any], *, success: bool, probe: bool, started_at: float | None = None
+) -> str | None:
+    """Record the call's result (``started_at``: the time given to its
+    :func:`circuit_before`, which tells probes apart); returns the transition it caused."""
     name = breaker["name"]
     config = _config(breaker)
     now = time.time()
 
     def update(state: dict[str, Any] | None) -> tuple[str | None, dict[str, Any]]:
-        return after_call(state, config, now, name, success=success, probe=probe)
+        return after_call(state, config, now, name, success=success, probe=probe, started_at=started_at)
 
     return run.store.circuits.transact(name, update)

@@ -6,7 +6,8 @@ See ``docs/store.md`` for the layout, the concurrency design and the views.
 
 from __future__ import annotations
 
+from .circuits import CircuitTable
 from .folder import FolderStore, fsync_from_env
 from .layout import MIGRATIONS, SCHEMA_VERSION, default_location
 
-__all__ = ["FolderStore", "MIGRATIONS", "SCHEMA_VERSION", "default_location", "fsync_from_env"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "CircuitTable", "FolderStore", "default_location", "fsync_from_env"]
