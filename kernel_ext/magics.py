@@ -15,8 +15,12 @@ from kernelflow.cell_compiler import compile_cell
 from kernelflow.exceptions import DefinitionError, OptionError
 from kernelflow.literals import parse_literal
 from kernelflow.model import Workflow
+from kernelflow.yaml_compiler import compile_yaml, looks_like_yaml
 
-USAGE = "%%workflow NAME [--max-parallel N] [--executor NAME]   or   %workflow run NAME [input=value ...]"
+USAGE = (
+    "%%workflow NAME [--max-parallel N] [--executor NAME] [--yaml | --python]   "
+    "or   %workflow run NAME [input=value ...]"
+)
 
 
 def _positive_int(text: str) -> int:
@@ -35,8 +39,10 @@ class KernelflowMagics(Magics):
 
     @magic_arguments()
     @argument("name", help="the workflow's name; the workflow is bound to it in the namespace")
-    @argument("--max-parallel", type=_positive_int, default=8, help="tasks running at once (default 8)")
-    @argument("--executor", default="threads", help="executor for tasks that do not name one (default threads)")
+    @argument("--max-parallel", type=_positive_int, default=None, help="tasks running at once (default 8)")
+    @argument("--executor", default=None, help="executor for tasks that do not name one (default threads)")
+    @argument("--yaml", action="store_true", help="the body is YAML (detected when it starts with tasks:, inputs:...)")
+    @argument("--python", action="store_true", help="the body is Python, even if it looks like YAML")
     @line_cell_magic
     def workflow(self, line: str, cell: str | None = None) -> Any:
         """Define a workflow from a cell (``%%workflow NAME``) or run one (``%workflow run NAME k=v``)."""
@@ -46,18 +52,31 @@ class KernelflowMagics(Magics):
             args = parse_argstring(self.workflow, line)
         except UsageError as exc:
             raise OptionError(str(exc), location="cell line 1", hint=f"usage: {USAGE}") from None
-        cell_text = f"%%workflow {line}\n{cell}"
-        filename = self.shell.compile.cache(cell_text, self.shell.execution_count)
-        wf = compile_cell(
-            args.name,
-            cell,
-            self.shell.user_ns,
-            max_parallel=args.max_parallel,
-            executor=args.executor,
-            filename=filename,
-            first_line=2,
-            cell_text=None,
-        )
+        if args.yaml and args.python:
+            raise OptionError("--yaml and --python contradict each other", location="cell line 1", hint="pick one")
+        if args.yaml or (not args.python and looks_like_yaml(cell)):
+            wf = compile_yaml(
+                args.name,
+                cell,
+                self.shell.user_ns,
+                origin="cell",
+                first_line=2,
+                max_parallel=args.max_parallel,
+                executor=args.executor,
+            )
+        else:
+            cell_text = f"%%workflow {line}\n{cell}"
+            filename = self.shell.compile.cache(cell_text, self.shell.execution_count)
+            wf = compile_cell(
+                args.name,
+                cell,
+                self.shell.user_ns,
+                max_parallel=args.max_parallel or 8,
+                executor=args.executor or "threads",
+                filename=filename,
+                first_line=2,
+                cell_text=None,
+            )
         self.shell.user_ns[args.name] = wf
         display(wf)
         return None

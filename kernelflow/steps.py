@@ -316,7 +316,10 @@ def _build_step(
     params: tuple[Param, ...] = ()
     if kind == "python" and fn is not None:
         target_fn = getattr(fn, "__wrapped__", fn)
-        params = params_of(target_fn, location=locate(None)) if hasattr(target_fn, "__code__") else ()
+        if function is not None:
+            params = params_of(target_fn, location=locate(None)) if hasattr(target_fn, "__code__") else ()
+        else:
+            params = _named_params(fn)  # run: module:function may take *args/**kwargs; input: fills the rest
     elif kind == "switch":
         merged: dict[str, Param] = {}
         for r in switch["cases"].values() if switch else ():
@@ -436,7 +439,9 @@ def _build_step(
                     location=locate("for_each"),
                     hint=f"add a parameter {loop['as']!r} to the function, or set as: to one of its parameters",
                 )
-    if kind == "python" and fn is not None and hasattr(getattr(fn, "__wrapped__", fn), "__code__"):
+    if kind == "python" and fn is not None and hasattr(getattr(fn, "__wrapped__", fn), "__code__") and not (
+        getattr(getattr(fn, "__wrapped__", fn), "__code__").co_flags & 0x08  # CO_VARKEYWORDS: takes anything
+    ):
         names = {p.name for p in params}
         for k in input_map:
             if k not in names:
@@ -499,6 +504,22 @@ def _params_of(fn: Callable[..., Any]) -> tuple[Param, ...]:
 
     target = getattr(fn, "__wrapped__", fn)
     return params_of(target) if hasattr(target, "__code__") else ()
+
+
+def _named_params(fn: Callable[..., Any]) -> tuple[Param, ...]:
+    import inspect
+
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins without a signature: input: gives everything
+        return ()
+    out = []
+    for p in sig.parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        has_default = p.default is not p.empty
+        out.append(Param(p.name, has_default, repr(p.default)[:200] if has_default else None))
+    return tuple(out)
 
 
 def _did_you_mean(name: str, candidates: Collection[str]) -> str:
