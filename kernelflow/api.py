@@ -77,7 +77,12 @@ def _has_default(wf: Workflow, task_id: str, param: str) -> bool:
 
 
 def run_workflow(
-    workflow: Workflow, inputs: dict[str, Any], *, wait: bool, parent_info: Mapping[str, Any] | None = None
+    workflow: Workflow,
+    inputs: dict[str, Any],
+    *,
+    wait: bool,
+    parent_info: Mapping[str, Any] | None = None,
+    masker: Any = None,
 ) -> Run:
     """Start a run of ``workflow``; with ``wait`` drive it here and return it finished."""
     raise_on_failure = inputs.pop("raise_on_failure", True)
@@ -95,7 +100,7 @@ def run_workflow(
             inputs[decl.name] = decl.default
     store = open_store()
     _register_once(store, workflow)
-    run = Run(workflow, run_id, inputs, store, raise_on_failure=raise_on_failure, parent_info=parent_info)
+    run = Run(workflow, run_id, inputs, store, raise_on_failure=raise_on_failure, parent_info=parent_info, masker=masker)
     for found in get_plugin_manager().hook.kernelflow_run_observers(run=run):
         run._observers.extend(found or ())
     if wait:

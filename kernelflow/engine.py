@@ -178,6 +178,7 @@ class _Driver:
         self.failed: list[str] = []
         self.completed: list[str] = []  # succeeded tasks, in completion order (for compensation)
         self.frames: list[_Frame] = []  # forEach loops with items left to start
+        self.loops: dict[str, int] = {}  # forEach tasks in progress -> attempt (their items hold the slots)
         self.jumps: dict[tuple[str, str], int] = {}
         self.forced: set[str] = set()  # skip_to targets: rule 3 does not apply
         self.waiting = {tid: len(set(self.index[tid].upstream)) for tid in wf.order}
@@ -404,7 +405,7 @@ class _Driver:
             except Exception as exc:  # noqa: BLE001
                 self.attempt_failed(tid, attempt, self.error_of(exc), "error", exc)
                 return
-            self.running[tid] = (attempt, None, {"kind": "loop"})
+            self.loops[tid] = attempt
             self.open_frame(tid, 0, items, {}, None, None, ())
             return
         try:
@@ -584,8 +585,7 @@ class _Driver:
             self.item_finished(frame, index, None, exc, "")
             return
         meta.update({"kind": "item", "frame": frame, "index": index})
-        attempt = self.running[tid][0] if tid in self.running else 1
-        self.submit((tid, "item", frame.path + (index,)), tid, attempt, fn, kwargs, meta)
+        self.submit((tid, "item", frame.path + (index,)), tid, self.loops.get(tid, 1), fn, kwargs, meta)
 
     def item_finished(self, frame: _Frame, index: int, value: Any, exc: BaseException | None, tb: str) -> None:
         tid = frame.tid
@@ -629,14 +629,18 @@ class _Driver:
                 self.item_finished(parent, frame.parent_index or 0, summary, None, "")
             return
         tid = frame.tid
-        attempt = self.running.pop(tid)[0]
+        attempt = self.loops.pop(tid)
         if failed:
             first = frame.errors[0]
             exc = StepFailed(
                 f"forEach of task {tid!r}: {summary['failed']} of {summary['count']} items failed; "
                 f"first: item {first['index']}: {first['exc_type']}: {first['message']}"
             )
-            self.attempt_failed(tid, attempt, self.error_of(exc), "error", exc)
+            # Each item has had its retries already: the loop as a whole is not retried.
+            if self.index[tid].spec.fallback is not None:
+                self.use_fallback(tid, attempt, str(exc), self.error_of(exc))
+            else:
+                self.fail_for_good(tid, attempt, self.error_of(exc), "error", exc)
         else:
             self.task_succeeded(tid, attempt, summary)
 
@@ -870,6 +874,7 @@ class _Driver:
                 if handle is not None:
                     handle.cancel()
             self.frames = [f for f in self.frames if f.tid != t]
+            self.loops.pop(t, None)
             self.ready = deque(r for r in self.ready if r != t)
             state = self.tasks_state[t]
             if state.status == "pending":
@@ -962,9 +967,24 @@ def _jsonable(value: Any) -> Any:
 
 
 def _masked_exception(exc: BaseException, masker: Any) -> BaseException:
-    if masker and any(isinstance(a, str) and masker.contains(a) for a in exc.args):
-        exc.args = tuple(masker.text(a) if isinstance(a, str) else a for a in exc.args)
-    return exc
+    """The exception to chain from ``RunFailedError``: itself, or, if a secret
+    shows anywhere in its printed form (args, attributes, chained causes), a
+    stand-in carrying only the masked text."""
+    if not masker:
+        return exc
+    import traceback
+
+    try:
+        printed = "".join(traceback.format_exception(exc))
+    except Exception:  # noqa: BLE001 - an exception that cannot print is replaced too
+        return SecretMaskedError(f"{type(exc).__name__}: {masker.text(str(exc))}")
+    if not masker.contains(printed):
+        return exc
+    return SecretMaskedError(f"{type(exc).__name__}: {masker.text(str(exc))}")
+
+
+class SecretMaskedError(KernelflowError):
+    """Stands in for a task's exception whose printed form held a secret (masked here)."""
 
 
 def _output_payload(run: Run, tid: str, attempt: int, value: Any) -> dict[str, Any]:
@@ -984,7 +1004,7 @@ def _output_payload(run: Run, tid: str, attempt: int, value: Any) -> dict[str, A
         ref = run.store.save_artifact(run.run_id, tid, attempt, value)
     except Exception as exc:  # noqa: BLE001 - an unstorable output must not fail a task that worked
         warnings.warn(
-            f"run {run.run_id}: the output of task {tid!r} ({kind.__name__}) cannot be stored: {exc}. "
+            f"run {run.run_id}: the output of task {tid!r} ({kind.__name__}) cannot be stored: {str(exc).rstrip('.')}. "
             "It was passed to dependent tasks, but it cannot be loaded from the store later; "
             "return picklable values (or polars/pyarrow tables) to keep it.",
             RuntimeWarning,

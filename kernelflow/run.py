@@ -39,6 +39,7 @@ class Run:
         *,
         raise_on_failure: bool = True,
         parent_info: Mapping[str, Any] | None = None,
+        masker: Any = None,
     ) -> None:
         from .secrets import Masker, Secrets
 
@@ -53,7 +54,9 @@ class Run:
         self.continued: dict[str, TaskFailure] = {}
         # Sub-workflow runs: parent_run_id, parent_task, call_stack (workflow names), depth.
         self.parent_info: dict[str, Any] = dict(parent_info or {})
-        self.masker = Masker()
+        # A sub-workflow's run shares its parent's masker: secrets the parent
+        # resolved and passed down are masked in the child's events too.
+        self.masker = masker if masker is not None else Masker()
         self.secrets = Secrets(self.masker)
         self._iteration_base: dict[str, int] = {}
         self._values: dict[str, Any] = {}

@@ -63,8 +63,16 @@ class Masker:
             return self.text(obj)
         if isinstance(obj, dict):
             return {self.value(k): self.value(v) for k, v in obj.items()}
-        if isinstance(obj, (list, tuple)):
-            return type(obj)(self.value(v) for v in obj)
+        if isinstance(obj, list):
+            return [self.value(v) for v in obj]
+        if isinstance(obj, tuple):
+            items = [self.value(v) for v in obj]
+            if hasattr(obj, "_fields"):  # a namedtuple takes its fields as arguments
+                return type(obj)(*items)
+            try:
+                return type(obj)(items)
+            except TypeError:
+                return tuple(items)
         return obj
 
     def contains(self, text: str) -> bool:

@@ -114,7 +114,7 @@ def call_subworkflow(parent: Run, task_id: str, name: str, version: str | None, 
         "call_stack": stack,
         "depth": len(stack),
     }
-    run = run_workflow(child, {**inputs, "raise_on_failure": False}, wait=True, parent_info=info)
+    run = run_workflow(child, {**inputs, "raise_on_failure": False}, wait=True, parent_info=info, masker=parent.masker)
     if run.status != "succeeded":
         detail = run.state.error or run.status
         raise StepFailed(f"sub-workflow {name!r} (run {run.run_id}) failed: {detail}")
