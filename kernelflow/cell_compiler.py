@@ -134,6 +134,7 @@ def compile_cell(
         [step_options_of(namespace.get(t.id)) for t in static_tasks] + [v.options for v in steps_here.values()]
     )
     task_ids = [t.id for t in static_tasks if namespace.get(t.id) not in used] + list(assigned)
+    task_set = set(task_ids)
     tasks = []
     functions: dict[str, Callable[..., Any]] = {}
     callables: dict[str, Callable[..., Any]] = {}
@@ -151,9 +152,15 @@ def compile_cell(
                 location=where,
                 hint="remove the decorator that replaces it, or rename it with a leading _ to make it a helper",
             ) from None
+        options = step_options_of(obj)
+        if not options:
+            # The common case stays cheap: a plain function is exactly its static task.
+            tasks.append(replace(static, deps=tuple(d for d in static.deps if d in task_set), ref=f"python:{static.id}", code_hash=task_hashes[static.id]))
+            functions[static.id] = obj
+            continue
         built = build_step(
             static.id,
-            step_options_of(obj),
+            options,
             task_ids=task_ids,
             locate=cell_locator(static.line),
             workflow_name=name,

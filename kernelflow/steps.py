@@ -403,7 +403,8 @@ def _build_step(
                 input_refs.append(str(r.path[0]))
 
     scan(input_map, "input")
-    scan(action, kind)
+    for k, v in action.items():
+        scan(v, k if k in opts else kind)
     if output_map is not None:
         scan(output_map, "output", output_ok=True)
     if when is not None:
@@ -509,6 +510,8 @@ def _params_of(fn: Callable[..., Any]) -> tuple[Param, ...]:
 def _named_params(fn: Callable[..., Any]) -> tuple[Param, ...]:
     import inspect
 
+    from .definitions import _short_repr
+
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):  # builtins without a signature: input: gives everything
@@ -518,7 +521,7 @@ def _named_params(fn: Callable[..., Any]) -> tuple[Param, ...]:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         has_default = p.default is not p.empty
-        out.append(Param(p.name, has_default, repr(p.default)[:200] if has_default else None))
+        out.append(Param(p.name, has_default, _short_repr(p.default) if has_default else None))
     return tuple(out)
 
 

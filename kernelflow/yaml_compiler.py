@@ -51,6 +51,7 @@ from .model import (
     InputDecl,
     Task,
     Workflow,
+    gc_paused,
 )
 from .steps import ALIASES, KIND_KEYS, build_step
 
@@ -170,6 +171,11 @@ def _compose(text: str) -> Node | None:
 # --------------------------------------------------------------------------- nodes to values
 
 
+def _tag(node: Node) -> str:
+    """A tag as written: ``!!set``, ``!!python/name:os.system``, ``!custom``."""
+    return "!!" + node.tag[len(_TAG) :] if node.tag.startswith(_TAG) else node.tag
+
+
 def _describe(node: Node) -> str:
     if isinstance(node, MappingNode):
         return "a mapping"
@@ -181,7 +187,8 @@ def _describe(node: Node) -> str:
 class _Builder:
     """Python values from composed nodes: safe scalars, text keys, bounded aliases."""
 
-    def __init__(self) -> None:
+    def __init__(self, where: _Where) -> None:
+        self.where = where
         self.constructor = yaml.constructor.SafeConstructor()
         self._seen: set[int] = set()
         self._active: set[int] = set()
@@ -209,8 +216,8 @@ class _Builder:
                 key = self._key(key_node, node, scalar_keys)
                 if key in first:
                     raise _Error(
-                        f"key {key!r} is given twice in this mapping (lines {first[key].start_mark.line + 1} and "
-                        f"{key_node.start_mark.line + 1} of the YAML)",
+                        f"key {key!r} is given twice in this mapping ({self.where.origin} lines "
+                        f"{self.where.line_of(first[key])} and {self.where.line_of(key_node)})",
                         key_node,
                         "remove one of them (YAML would silently keep only the last)",
                     )
@@ -288,7 +295,7 @@ class _Builder:
             raise _Error("an alias refers to the collection that contains it (a recursive structure)", node)
         if isinstance(node, SequenceNode):
             if node.tag != _TAG + "seq":
-                raise _Error(f"the YAML tag {node.tag!r} is not supported here", node, "remove the tag")
+                raise _Error(f"the YAML tag {_tag(node)} is not supported here", node, "remove the tag")
             self._active.add(id(node))
             try:
                 return [self.value(child, depth=depth + 1, aliased=aliased) for child in node.value]
@@ -296,7 +303,7 @@ class _Builder:
                 self._active.discard(id(node))
         if isinstance(node, MappingNode):
             if node.tag != _TAG + "map":
-                raise _Error(f"the YAML tag {node.tag!r} is not supported here", node, "remove the tag")
+                raise _Error(f"the YAML tag {_tag(node)} is not supported here", node, "remove the tag")
             pairs = self.items(node)
             self._active.add(id(node))
             try:
@@ -313,14 +320,14 @@ class _Builder:
             return node.value
         if node.tag not in _SCALAR_TAGS:
             raise _Error(
-                f"the YAML tag {node.tag!r} is not supported",
+                f"the YAML tag {_tag(node)} is not supported",
                 node,
                 "write plain values (text, numbers, true/false, null, lists, mappings)",
             )
         try:
             value = self.constructor.construct_object(node)
         except Exception as exc:  # noqa: BLE001 - PyYAML raises ValueError etc. for `!!int abc`
-            raise _Error(f"cannot read {node.value!r} as {node.tag[len(_TAG):]}: {exc}", node) from None
+            raise _Error(f"cannot read {node.value!r} as {_tag(node)}: {exc}", node) from None
         if isinstance(value, int) and not isinstance(value, bool) and not -_INT64 <= value < _INT64:
             raise _Error(
                 f"the number {node.value} is too large (whole numbers must fit in 64 bits)",
@@ -422,18 +429,21 @@ def _compile(
     if not isinstance(text, str):
         raise DefinitionError(f"a YAML workflow must be text, got {type(text).__name__}", location=header)
     try:
-        return _from_root(
-            _compose(text),
-            _Builder(),
-            name,
-            text,
-            namespace,
-            where=where,
-            header=header,
-            max_parallel=max_parallel,
-            executor=executor,
-            fallback_name=fallback_name,
-        )
+        # A large document makes ~10 small objects a value; the cyclic collector's
+        # passes over them would cost more than the parse and free nothing.
+        with gc_paused():
+            return _from_root(
+                _compose(text),
+                _Builder(where),
+                name,
+                text,
+                namespace,
+                where=where,
+                header=header,
+                max_parallel=max_parallel,
+                executor=executor,
+                fallback_name=fallback_name,
+            )
     except _Error as exc:
         location = where.node(exc.node) if exc.node is not None else where.at(0)
         raise DefinitionError(exc.message, location=location, hint=exc.hint) from None
@@ -748,7 +758,7 @@ def _steps(key_node: Node, node: Node, build: _Builder, where: _Where) -> list[_
                 "- id: fetch\n    run: python:fetch",
             )
         if step_node.tag != _TAG + "map":
-            raise _Error(f"the YAML tag {step_node.tag!r} is not supported here", step_node, "remove the tag")
+            raise _Error(f"the YAML tag {_tag(step_node)} is not supported here", step_node, "remove the tag")
         raw: dict[str, Any] = {}
         value_nodes: dict[str, Node] = {}
         task_id: Any = None

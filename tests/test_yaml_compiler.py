@@ -413,7 +413,7 @@ ERRORS = [
         r"task 'a' is defined twice \(cell lines 3 and 6\)",
         "cell line 6, column 9",
     ),
-    ("tasks:\n  - id: a\n    run: shell\n    run: http\n", r"key 'run' is given twice in this mapping \(lines 3 and 4", "cell line 5, column 5"),
+    ("tasks:\n  - id: a\n    run: shell\n    run: http\n", r"key 'run' is given twice in this mapping \(cell lines 4 and 5\)", "cell line 5, column 5"),
     # steps: keys and values (build_step), located at the key's value
     ("tasks:\n  - id: a\n    run: shell\n    argv: [ls]\n    need: [b]\n", r"unknown key 'need' \(did you mean 'needs'\?\)", "cell line 6, column 11"),
     ("tasks:\n  - id: a\n    run: python:process\n    forEch: {items: [1], as: id}\n", r"unknown key 'forEch' \(did you mean 'forEach'\?\)", "cell line 5, column 13"),
@@ -423,6 +423,9 @@ ERRORS = [
     ("tasks:\n  - id: a\n    run: shell\n    argv: [ls]\n    timeout: abc\n", r"timeout must be a duration like", "cell line 6, column 14"),
     ("tasks:\n  - id: a\n    switch: {value: x}\n", r"switch needs at least one case", "cell line 4, column 13"),
     ("tasks:\n  - id: a\n    run: shell\n    argv: [echo, '{{tasks.nope.output}}']\n", r"names task 'nope', which is not in this workflow", "cell line 5, column 11"),
+    ("tasks:\n  - id: a\n    run: shell\n    shell: false\n    argv: [ls]\n    env: {A: '{{tasks.nope.output}}'}\n", r"names task 'nope'", "cell line 7, column 10"),
+    ("tasks:\n  - id: a\n    run: http\n    method: GET\n    url: 'https://x.org/{{tasks.a.output}}'\n", r"reads its own output", "cell line 3, column 5"),
+    ("tasks:\n  - id: a\n    run: http\n    url: 'https://x.org/{{tasks.b.output}}'\n", r"names task 'b'", "cell line 5, column 10"),
     ("tasks:\n  - id: a\n    run: shell\n    argv: [echo, '{{input.x}}']\n", r"unknown reference root 'input' \(did you mean 'inputs'\?\)", "cell line 5, column 11"),
     (
         "inputs: {day: str}\ntasks:\n  - id: a\n    run: shell\n    argv: [ls]\n    env: {D: '{{inputs.date}}'}\n",
@@ -447,9 +450,9 @@ ERRORS = [
     # YAML traps
     ("tasks:\n  - id: a\n    yes: 1\n", r"key 'yes' is read by YAML as bool True; keys must be text", "cell line 4, column 5"),
     ("tasks:\n  - id: a\n    run: shell\n    argv: [echo, {{inputs.x}}]\n", r"an unquoted template \{\{...\}\} reads as one", "cell line 5, column 18"),
-    ("tasks:\n  - id: a\n    run: !!python/name:os.system ''\n", r"the YAML tag 'tag:yaml.org,2002:python/name:os.system' is not supported", "cell line 4, column 10"),
-    ("tasks:\n  - id: a\n    run: shell\n    argv: !!set {a, b}\n", r"the YAML tag 'tag:yaml.org,2002:set' is not supported", "cell line 5, column 11"),
-    ("tasks:\n  - id: a\n    run: shell\n    argv: [!!int abc]\n", r"cannot read 'abc' as int", "cell line 5, column 12"),
+    ("tasks:\n  - id: a\n    run: !!python/name:os.system ''\n", r"the YAML tag !!python/name:os.system is not supported", "cell line 4, column 10"),
+    ("tasks:\n  - id: a\n    run: shell\n    argv: !!set {a, b}\n", r"the YAML tag !!set is not supported", "cell line 5, column 11"),
+    ("tasks:\n  - id: a\n    run: shell\n    argv: [!!int abc]\n", r"cannot read 'abc' as !!int", "cell line 5, column 12"),
     ("tasks:\n  - id: a\n    run: shell\n    argv: [123456789012345678901234567890]\n", r"too large", "cell line 5, column 12"),
     ("tasks:\n  - id: a\n    run: shell\n    argv: &x [*x]\n", r"recursive structure", "cell line 5, column 11"),
     ("tasks:\n  - id: a\n    run: shell\n    argv: [" + "[" * 70 + "]" * 70 + "]\n", r"nests more than 64 levels", "cell line 5, column 72"),
