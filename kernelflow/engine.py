@@ -474,6 +474,12 @@ class _Driver:
             from .shell_step import run_shell
 
             argv = action["argv"]
+            if isinstance(argv, list):
+                # A template that is a whole argument keeps its type ({{inputs.n}} -> 2);
+                # a command line takes text, so numbers become their text.
+                argv = [_arg_text(a) for a in argv]
+            if action.get("env"):
+                action["env"] = {k: _arg_text(v) for k, v in action["env"].items()}
 
             def call_shell() -> Any:
                 return run_shell(
@@ -956,6 +962,14 @@ def _fit(fn: Callable[..., Any], available: Mapping[str, Any]) -> dict[str, Any]
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return dict(available)
     return {k: v for k, v in available.items() if k in params}
+
+
+def _arg_text(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return value
 
 
 def _jsonable(value: Any) -> Any:

@@ -75,3 +75,51 @@ def test_cli_on_a_folder_that_is_not_a_store(tmp_path):
     res = cli("history", home=tmp_path)
     assert res.returncode == 1
     assert "is not a kernelflow store" in res.stderr and "Traceback" not in res.stderr
+
+
+FLOW_YAML = """\
+name: cli_flow
+inputs:
+  n: {{type: int, default: 2}}
+tasks:
+  - id: say
+    run: shell
+    argv: ["{python}", "-c", "import sys; print(int(sys.argv[1]) * 3)", "{{{{inputs.n}}}}"]
+  - id: parse
+    run: helpers_mod:parse
+    input: {{text: "{{{{tasks.say.output.stdout}}}}"}}
+  - id: check
+    run: helpers_mod:check
+    needs: [parse]
+    input: {{value: "{{{{tasks.parse.output}}}}"}}
+"""
+
+HELPERS = """\
+def parse(text):
+    return int(text.strip())
+
+def check(value):
+    if value > 10:
+        raise ValueError(f"value {value} is over 10")
+    return value
+"""
+
+
+@pytest.mark.slow
+def test_run_a_yaml_file_with_parameters_and_exit_codes(tmp_path, kernelflow_home):
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(FLOW_YAML.format(python=sys.executable))
+    (tmp_path / "helpers_mod.py").write_text(HELPERS)
+    ok = cli("run", str(flow), home=kernelflow_home)
+    assert ok.returncode == 0, ok.stderr
+    assert "of cli_flow" in ok.stdout and "succeeded" in ok.stdout and "3 succeeded" in ok.stdout
+    bad = cli("run", str(flow), "-p", "n", "5", home=kernelflow_home)
+    assert bad.returncode == 1
+    assert "check: ValueError: value 15 is over 10" in bad.stdout
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("tasks:\n  - id: a\n    run: shell\n    argv: ls -l\n")
+    res = cli("run", str(broken), home=kernelflow_home)
+    assert res.returncode == 1
+    assert f"{broken} line 4, column 11" in res.stderr and "argv must be a list" in res.stderr
+    missing = cli("run", str(tmp_path / "nope.yaml"), home=kernelflow_home)
+    assert missing.returncode == 2 and "not found" in missing.stderr
