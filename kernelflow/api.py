@@ -55,7 +55,7 @@ def check_inputs(wf: Workflow, inputs: Mapping[str, Any]) -> None:
         )
     for spec in wf.inputs:
         if spec.required and spec.name not in inputs:
-            needing = [t for t in spec.used_by if not _has_default(wf, t, spec.name)]
+            needing = [t for t in spec.used_by if not _has_default(wf, t, spec.name)] or list(spec.used_by)
             close = difflib.get_close_matches(spec.name, list(wf.task_ids), n=1)
             maybe = f" If {spec.name!r} was meant to be the task {close[0]!r}, rename the parameter." if close else ""
             raise InputError(

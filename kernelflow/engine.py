@@ -894,6 +894,11 @@ class _Driver:
                 self.completed.remove(t)
             self.emit(ev.TASK_RESET, t, state.attempt or None, {"iteration": state.iteration + 1, "loop_from": tid})
         body_set = set(body)
+        # A fresh pass through the region: skip_to exemptions and the counters
+        # of loops nested inside it start over (the outer loop's count goes on).
+        self.forced -= body_set
+        for key in [k for k in self.jumps if k != (tid, target) and k[0] in body_set and k[1] in body_set]:
+            del self.jumps[key]
         for t in body:
             self.waiting[t] = len({u for u in self.index[t].upstream if u in body_set or not self.tasks_state[u].done})
         self.consider(target)

@@ -728,6 +728,8 @@ def _jump(value: Any, key: str, locate: Locate, what: str) -> dict[str, Any]:
     if when is not None and not isinstance(when, str):
         raise DefinitionError(f"{what}: {key} when must be a condition (text), got {when!r}", location=locate(key))
     out: dict[str, Any] = {"step": step, "when": when}
+    # back_to without when always jumps: meaningful when another step leaves
+    # the loop (a while loop: the test step skip_to's past it), a trap otherwise.
     if key == "back_to":
         limit = value.get("max_iterations", DEFAULT_MAX_ITERATIONS)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:

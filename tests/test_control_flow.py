@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import pickle
 import textwrap
+import time
 import traceback
 from collections import namedtuple
 from pathlib import Path
@@ -167,6 +168,22 @@ def test_when_on_an_input_makes_it_a_required_input():
     assert wf.run(enabled=False).state.tasks["maybe"].status == "skipped"
     with pytest.raises(kf.InputError, match="needs input 'enabled'"):
         wf.run()
+
+
+def test_a_missing_input_read_by_a_template_names_the_task_that_reads_it():
+    wf, _ = cell(
+        "template_input",
+        """
+        import kernelflow as kf
+
+        @kf.task(when="{{inputs.limit}} > 0")
+        def total(limit=10):
+            return limit
+        """,
+    )
+    with pytest.raises(kf.InputError) as err:
+        wf.run()
+    assert "'total'" in str(err.value)
 
 
 def test_rule_1_a_failed_task_skips_everything_downstream():
@@ -869,6 +886,92 @@ def test_skip_to_directive_skips_the_tasks_in_between():
     assert payloads(run, "LoopJumped") == []
 
 
+def test_a_skip_to_target_runs_even_when_all_its_upstream_tasks_were_skipped():
+    wf, _ = cell(
+        "forced",
+        """
+        import kernelflow as kf
+
+        def check():
+            return kf.skip_to("publish", "x")
+
+        def transform(check):
+            return 1
+
+        def publish(transform):
+            return ["published", transform]
+
+        def after(publish):
+            return publish
+        """,
+    )
+    run = wf.run()
+    assert statuses(run) == {"check": "succeeded", "transform": "skipped", "publish": "succeeded", "after": "succeeded"}
+    assert run.output == ["published", None]
+
+
+def test_retries_inside_a_loop_iteration_continue_the_attempt_numbers():
+    wf, ns = cell(
+        "loop_retry",
+        """
+        import kernelflow as kf
+
+        calls = {"fetch": 0, "check": 0}
+
+        def fetch():
+            calls["fetch"] += 1
+            return calls["fetch"]
+
+        @kf.task(retries=1, retry_delay=0.01, back_to={"step": "fetch", "when": "{{output}} < 2"})
+        def check(fetch):
+            calls["check"] += 1
+            if calls["check"] == 2:
+                raise ValueError("flaky in the second iteration")
+            return fetch
+        """,
+    )
+    run = wf.run()
+    assert run.output == 2
+    assert ns["calls"] == {"fetch": 2, "check": 3}
+    assert [(p["next_attempt"], p["error"]["message"]) for p in payloads(run, "TaskRetrying", "check")] == [
+        (3, "flaky in the second iteration")
+    ]
+    assert (run.state.tasks["check"].attempt, run.state.tasks["fetch"].attempt) == (3, 2)
+
+
+def test_an_inner_loops_limit_applies_to_each_pass_of_the_outer_loop():
+    wf, ns = cell(
+        "nested_loops",
+        """
+        import kernelflow as kf
+
+        count = {"outer": 0, "inner": 0}
+
+        def start():
+            count["outer"] += 1
+            count["inner"] = 0
+            return count["outer"]
+
+        def step(start):
+            count["inner"] += 1
+            return count["inner"]
+
+        # Each pass of the outer loop needs two inner iterations; the limit is 3.
+        @kf.task(back_to={"step": "step", "when": "{{output}} < 3", "max_iterations": 3})
+        def inner(step):
+            return step
+
+        @kf.task(back_to={"step": "start", "when": "{{tasks.start.output}} < 3", "max_iterations": 5})
+        def outer(inner, start):
+            return start
+        """,
+    )
+    run = wf.run(raise_on_failure=False)
+    assert run.state.error is None
+    assert run.status == "succeeded"
+    assert ns["count"] == {"outer": 3, "inner": 3}
+
+
 @pytest.mark.parametrize(("n", "skipped"), [(10, True), (1, False)])
 def test_declared_skip_to_with_a_condition(n, skipped):
     wf, _ = cell(
@@ -1498,6 +1601,33 @@ def test_an_open_circuit_without_fallback_fails_until_closed_by_hand():
     assert healthy.run().output == "fresh"
     assert healthy_ns["calls"] == [1]
     assert kf.circuit("svc2").state == "closed"
+
+
+def test_a_half_open_circuit_lets_a_probe_through_and_closes_on_success():
+    wf, ns = cell(
+        "probing",
+        """
+        import kernelflow as kf
+
+        state = {"fail": True, "calls": 0}
+
+        @kf.task(circuit_breaker={"failure_threshold": 1, "window": "60s", "break_duration": "0.3s", "name": "probe"})
+        def call():
+            state["calls"] += 1
+            if state["fail"]:
+                raise ConnectionError("down")
+            return "ok"
+        """,
+    )
+    first = wf.run(raise_on_failure=False)
+    assert payloads(first, "CircuitChanged") == [{"circuit": "probe", "transition": "closed->open"}]
+    ns["state"]["fail"] = False
+    time.sleep(0.35)  # let the break duration pass (nothing is asserted about time)
+    second = wf.run()
+    assert second.output == "ok"
+    assert [p["transition"] for p in payloads(second, "CircuitChanged")] == ["open->half_open", "half_open->closed"]
+    assert ns["state"]["calls"] == 2
+    assert kf.circuit("probe").state == "closed"
 
 
 # --- secrets ---------------------------------------------------------------------------------------
