@@ -507,6 +507,7 @@ class _Driver:
                     json=action.get("json"),
                     params=action.get("params"),
                     timeout=timeout if timeout is not None else 30.0,
+                    **({"max_body": action["max_body"]} if "max_body" in action else {}),
                     task_id=tid,
                     mask=mask,
                 )
@@ -1018,7 +1019,7 @@ def _output_payload(run: Run, tid: str, attempt: int, value: Any) -> dict[str, A
         except (TypeError, orjson.JSONEncodeError):
             pass
     if masker:
-        value = masker.value(value)  # what can be masked is; see docs/secrets.md for the rest
+        value = masker.value(value)  # what can be masked is; docs/control-flow.md#secrets says what cannot
     try:
         ref = run.store.save_artifact(run.run_id, tid, attempt, value)
     except Exception as exc:  # noqa: BLE001 - an unstorable output must not fail a task that worked

@@ -858,7 +858,7 @@ def _collect_inputs(
             users.append(t.id)
             declared_optional = known is not None and not found[p.name][0]
             found[p.name] = (False if declared_optional else (required or not p.has_default), users)
-    return tuple(WorkflowInput(n, req, tuple(users)) for n, (req, users) in found.items())
+    return tuple(WorkflowInput(n, req, tuple(dict.fromkeys(users))) for n, (req, users) in found.items())
 
 
 def _check_flow(tasks: tuple[Task, ...], index: dict[str, Task], origin: str, max_foreach_depth: int) -> None:

@@ -66,11 +66,14 @@ def http(
     headers: Mapping[str, str] | None = None,
     json: Any = None,
     params: Mapping[str, Any] | None = None,
+    max_body: int | str | None = None,
     **options: Any,
 ) -> StepDef:
     """An HTTP step: 2xx succeeds with the response JSON (or text) as output;
     other statuses fail with the status and an excerpt of the body."""
-    extra: dict[str, Any] = {k: v for k, v in (("headers", headers), ("params", params)) if v is not None}
+    extra: dict[str, Any] = {
+        k: v for k, v in (("headers", headers), ("params", params), ("max_body", max_body)) if v is not None
+    }
     if json is not None:
         extra["json"] = json
     return StepDef({"run": "http", "method": method, "url": url, **extra, **options}, "kf.http(...)")

@@ -48,7 +48,7 @@ COMMON_KEYS = (
 )  # fmt: skip
 KIND_KEYS = {
     "shell": ("argv", "shell", "cwd", "env", "inherit_env", "max_output", "stdin"),
-    "http": ("method", "url", "headers", "json", "params"),
+    "http": ("method", "url", "headers", "json", "params", "max_body"),
 }
 ALL_KEYS = COMMON_KEYS + tuple(k for keys in KIND_KEYS.values() for k in keys)
 # Part of the product's vocabulary, built on durable execution; named so the
@@ -827,7 +827,7 @@ def _size(value: Any, locate: Locate, what: str) -> int:
     if m and m.group(2).lower() in _SIZE_UNITS and float(m.group(1)) > 0:
         return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
     raise DefinitionError(
-        f"{what}: max_output must be a positive size like 1000000, '64KB' or '1MB', got {value!r}",
+        f"{what}: sizes (max_output, max_body) must be positive, like 1000000, '64KB' or '1MB', got {value!r}",
         location=locate("max_output"),
     )
 
@@ -857,6 +857,8 @@ def _http_action(opts: Mapping[str, Any], locate: Locate, what: str) -> dict[str
         action["headers"] = {k: str(v) for k, v in headers.items()}
     if "json" in opts:
         action["json"] = opts["json"]
+    if opts.get("max_body") is not None:
+        action["max_body"] = _size(opts["max_body"], locate, what)
     if opts.get("params") is not None:
         if not isinstance(opts["params"], Mapping):
             raise DefinitionError(f"{what}: params must be a mapping, got {opts['params']!r}", location=locate("params"))

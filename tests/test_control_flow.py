@@ -186,6 +186,23 @@ def test_a_missing_input_read_by_a_template_names_the_task_that_reads_it():
     assert "'total'" in str(err.value)
 
 
+def test_a_missing_input_names_each_task_once():
+    wf, _ = cell(
+        "template_input_once",
+        """
+        import kernelflow as kf
+
+        @kf.task(when="{{inputs.limit}} > 0")
+        def total(limit=10):
+            return limit
+        """,
+    )
+    assert wf.inputs[0].used_by == ("total",)
+    with pytest.raises(kf.InputError) as err:
+        wf.run()
+    assert str(err.value).count("'total'") == 1
+
+
 def test_rule_1_a_failed_task_skips_everything_downstream():
     wf, _ = cell(
         "rule1",
