@@ -108,3 +108,48 @@ def test_kfsql_returns_polars_and_can_bind(ip):
 def test_errors_render_without_our_internals(ip):
     err = kf.DefinitionError("boom", location="cell line 3", hint="do X")
     assert err._render_traceback_() == ["DefinitionError: cell line 3: boom\n  fix: do X"]
+
+
+YAML_BODY = """\
+inputs:
+  n: {type: int, default: 3}
+tasks:
+  - id: numbers
+    run: python:yaml_numbers
+  - id: total
+    run: python:yaml_total
+    input: {values: "{{tasks.numbers.output}}"}
+"""
+
+
+def test_a_yaml_body_is_detected_compiled_and_run(ip):
+    ip.user_ns["yaml_numbers"] = lambda n: list(range(n))
+    exec("def yaml_total(values):\n    return sum(values)\n", ip.user_ns)
+    result = ip.run_cell(f"%%workflow yflow --max-parallel 3\n{YAML_BODY}")
+    assert result.success, result.error_in_exec
+    wf = ip.user_ns["yflow"]
+    assert wf.max_parallel == 3 and wf.task_ids == ("numbers", "total")
+    assert wf["total"].line == 7  # cell lines: the magic is line 1
+    assert wf.run(n=4).output == 6
+    assert wf.run().output == 3  # the declared default
+
+
+def test_yaml_errors_name_cell_line_and_column_and_bind_nothing(ip):
+    ip.user_ns.pop("ybad", None)
+    body = YAML_BODY.replace("run: python:yaml_total", "run: python:yaml_totl")
+    result = ip.run_cell(f"%%workflow ybad\n{body}")
+    assert not result.success
+    err = str(result.error_in_exec)
+    assert "cell line 8, column 10" in err and "did you mean python:yaml_total" in err
+    assert "ybad" not in ip.user_ns
+
+
+def test_yaml_and_python_can_be_forced(ip):
+    ip.user_ns.pop("forced", None)
+    # --python on a YAML body: it is Python, and not valid Python
+    result = ip.run_cell(f"%%workflow forced --python\n{YAML_BODY}")
+    assert not result.success and "forced" not in ip.user_ns
+    result = ip.run_cell("%%workflow forced --yaml --python\ntasks: []\n")
+    assert not result.success and "contradict" in str(result.error_in_exec)
+    result = ip.run_cell(f"%%workflow forced --yaml\n{YAML_BODY}")
+    assert result.success, result.error_in_exec
