@@ -29,3 +29,13 @@ def kernelflow_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
     yield home
     close_stores()
     use_store(None)
+
+
+@pytest.fixture
+def kernel_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Kernels inherit this process's environment: give them a private store and IPython dir."""
+    store = tmp_path / "store"
+    monkeypatch.setenv("KERNELFLOW_HOME", str(store))
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    return store

@@ -23,16 +23,6 @@ QUICKSTART = ROOT / "notebooks" / "01-quickstart.ipynb"
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def kernel_env(tmp_path, monkeypatch):
-    """Kernels inherit this process's environment: give them a private store and IPython dir."""
-    store = tmp_path / "store"
-    monkeypatch.setenv("KERNELFLOW_HOME", str(store))
-    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
-    return store
-
-
 def errors_in(nb) -> list[str]:
     return [f"{o.get('ename')}: {o.get('evalue')}" for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
 

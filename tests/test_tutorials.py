@@ -16,16 +16,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CONTROL_FLOW = ROOT / "notebooks" / "02-control-flow.ipynb"
 
 
-@pytest.fixture
-def kernel_env(tmp_path, monkeypatch):
-    """Kernels inherit this process's environment: give them a private store and IPython dir."""
-    store = tmp_path / "store"
-    monkeypatch.setenv("KERNELFLOW_HOME", str(store))
-    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
-    return store
-
-
 def _cell(nb, start: str):
     """The first code cell whose source starts with ``start``."""
     return next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith(start))
