@@ -93,7 +93,10 @@ def canonical_keys(raw: Mapping[str, Any], locate: Locate, what: str) -> dict[st
                 hint="remove the key; until then, wait in a Python task or split the workflow in two",
             )
         if name not in ALL_KEYS:
-            close = difflib.get_close_matches(name, list(ALL_KEYS) + list(ALIASES), n=1)
+            # Suggest in the spelling the user writes: camelCase typos get the
+            # camelCase alias (forEch -> forEach), others the canonical key (retrys -> retries).
+            pools = [list(ALIASES), list(ALL_KEYS)] if any(c.isupper() for c in name) else [list(ALL_KEYS), list(ALIASES)]
+            close = difflib.get_close_matches(name, pools[0], n=1) or difflib.get_close_matches(name, pools[1], n=1)
             raise DefinitionError(
                 f"{what}: unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""),
                 location=locate(key),

@@ -61,7 +61,10 @@ def check_calls(wf: Workflow, namespace: Mapping[str, Any] | None = None) -> Non
                 location=where(task),
                 hint="add them under input: {" + ", ".join(f"{m}: ..." for m in missing) + "}",
             )
-        path = _cycle_from(child, wf.name, ns, [wf.name, name], wf.max_subworkflow_depth)
+        try:
+            path = _cycle_from(child, wf.name, ns, [wf.name, name], wf.max_subworkflow_depth)
+        except DefinitionError as exc:
+            raise DefinitionError(f"task {task.id!r}: {exc.message}", location=where(task), hint=exc.hint) from None
         if path is not None:
             raise DefinitionError(
                 f"task {task.id!r} makes a call cycle: {' -> '.join(path)}",

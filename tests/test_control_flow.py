@@ -1178,8 +1178,9 @@ def test_subworkflow_nesting_deeper_than_five_is_a_definition_error():
     for i in range(1, 6):
         ns[f"deep{i}"], _ = cell(f"deep{i}", f"import kernelflow as kf\ncall = kf.subworkflow(deep{i - 1})\n", ns)
     assert ns["deep5"].run().status == "succeeded"
-    with pytest.raises(kf.DefinitionError, match=r"sub-workflow calls nest 6 deep \(deep6 -> deep5 .* -> deep0\); the limit is 5"):
+    with pytest.raises(kf.DefinitionError, match=r"sub-workflow calls nest 6 deep \(deep6 -> deep5 .* -> deep0\); the limit is 5") as err:
         cell("deep6", "import kernelflow as kf\ncall = kf.subworkflow(deep5)\n", ns)
+    assert err.value.location == "cell line 3" and err.value.message.startswith("task 'call': ")
 
 
 def test_secrets_passed_to_a_subworkflow_are_not_stored(monkeypatch):
@@ -1866,3 +1867,8 @@ def test_http_step_posts_a_templated_body_and_returns_the_json(http_server):
     error = run.state.tasks["ping"].error
     assert error["exc_type"] == "HttpStepError"
     assert error["message"] == f"http step 'ping': GET {http_server.url}/broken returned 503 Service Unavailable: down for maintenance"
+
+
+def test_a_misspelt_key_suggests_the_canonical_name():
+    with pytest.raises(kf.DefinitionError, match=r"unknown key 'retrys' \(did you mean 'retries'\?\)"):
+        kf.step(run="python:x", retrys=2)
