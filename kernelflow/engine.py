@@ -514,10 +514,9 @@ class _Driver:
 
             return call_http, {}, meta
         if kind == "workflow":
-            from .expressions import render_value as render
             from .subworkflows import call_subworkflow
 
-            child_inputs = render(dict(spec.input), self.context(scope))
+            child_inputs = render_value(dict(spec.input), self.context(scope))
             meta["own_timeout"] = False
             run = self.run
 
@@ -995,11 +994,10 @@ def _masked_exception(exc: BaseException, masker: Any) -> BaseException:
     import traceback
 
     try:
-        printed = "".join(traceback.format_exception(exc))
+        if not masker.contains("".join(traceback.format_exception(exc))):
+            return exc
     except Exception:  # noqa: BLE001 - an exception that cannot print is replaced too
-        return SecretMaskedError(f"{type(exc).__name__}: {masker.text(str(exc))}")
-    if not masker.contains(printed):
-        return exc
+        pass
     return SecretMaskedError(f"{type(exc).__name__}: {masker.text(str(exc))}")
 
 

@@ -21,10 +21,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import httpx
 
 from .step_errors import HttpStepError, StepError, StepTimeoutError
+from .steps import HTTP_METHODS
 
 __all__ = ["METHODS", "http_request"]
 
-METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+# One list of methods, checked when a step is defined and when it is called.
+METHODS = HTTP_METHODS
 
 # Characters of a response body quoted in an error message.
 _EXCERPT_CHARS = 500

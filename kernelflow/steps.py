@@ -800,17 +800,14 @@ def _shell_action(opts: MutableMapping[str, Any], locate: Locate, what: str) -> 
         if not isinstance(opts["cwd"], str):
             raise DefinitionError(f"{what}: cwd must be a directory path, got {opts['cwd']!r}", location=locate("cwd"))
         action["cwd"] = opts["cwd"]
-    env = opts.get("env")
-    if env is not None:
-        if not isinstance(env, Mapping) or not all(isinstance(k, str) and isinstance(v, (str, int, float)) for k, v in env.items()):
-            raise DefinitionError(f"{what}: env must map names to text values, got {env!r}", location=locate("env"))
-        action["env"] = {k: str(v) for k, v in env.items()}
+    if opts.get("env") is not None:
+        action["env"] = _text_mapping(opts["env"], "env", locate, what)
     if "inherit_env" in opts:
         if not isinstance(opts["inherit_env"], bool):
             raise DefinitionError(f"{what}: inherit_env must be true or false", location=locate("inherit_env"))
         action["inherit_env"] = opts["inherit_env"]
     if opts.get("max_output") is not None:
-        action["max_output"] = _size(opts["max_output"], locate, what)
+        action["max_output"] = _size(opts["max_output"], "max_output", locate, what)
     if opts.get("stdin") is not None:
         if not isinstance(opts["stdin"], str):
             raise DefinitionError(f"{what}: stdin must be text", location=locate("stdin"))
@@ -818,10 +815,19 @@ def _shell_action(opts: MutableMapping[str, Any], locate: Locate, what: str) -> 
     return action
 
 
+def _text_mapping(value: Any, key: str, locate: Locate, what: str) -> dict[str, str]:
+    """``env:`` and ``headers:``: names to text (numbers written unquoted in YAML become text)."""
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, (str, int, float)) and not isinstance(v, bool) for k, v in value.items()
+    ):
+        raise DefinitionError(f"{what}: {key} must map names to text values, got {value!r}", location=locate(key))
+    return {k: str(v) for k, v in value.items()}
+
+
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "k": 1000, "mb": 1000**2, "m": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2}
 
 
-def _size(value: Any, locate: Locate, what: str) -> int:
+def _size(value: Any, key: str, locate: Locate, what: str) -> int:
     import re
 
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
@@ -830,8 +836,8 @@ def _size(value: Any, locate: Locate, what: str) -> int:
     if m and m.group(2).lower() in _SIZE_UNITS and float(m.group(1)) > 0:
         return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
     raise DefinitionError(
-        f"{what}: sizes (max_output, max_body) must be positive, like 1000000, '64KB' or '1MB', got {value!r}",
-        location=locate("max_output"),
+        f"{what}: {key} must be a positive size like 1000000, '64KB' or '1MB', got {value!r}",
+        location=locate(key),
     )
 
 
@@ -853,15 +859,12 @@ def _http_action(opts: Mapping[str, Any], locate: Locate, what: str) -> dict[str
             f"{what}: url must start with http:// or https://, got {url!r}", location=locate("url")
         )
     action: dict[str, Any] = {"method": method.upper(), "url": url}
-    headers = opts.get("headers")
-    if headers is not None:
-        if not isinstance(headers, Mapping) or not all(isinstance(k, str) and isinstance(v, (str, int, float)) for k, v in headers.items()):
-            raise DefinitionError(f"{what}: headers must map names to text values, got {headers!r}", location=locate("headers"))
-        action["headers"] = {k: str(v) for k, v in headers.items()}
+    if opts.get("headers") is not None:
+        action["headers"] = _text_mapping(opts["headers"], "headers", locate, what)
     if "json" in opts:
         action["json"] = opts["json"]
     if opts.get("max_body") is not None:
-        action["max_body"] = _size(opts["max_body"], locate, what)
+        action["max_body"] = _size(opts["max_body"], "max_body", locate, what)
     if opts.get("params") is not None:
         if not isinstance(opts["params"], Mapping):
             raise DefinitionError(f"{what}: params must be a mapping, got {opts['params']!r}", location=locate("params"))

@@ -807,3 +807,15 @@ def test_yamlish_documents_compile_or_raise_a_located_definition_error(doc, good
         else:
             lines[i] = lines[i].replace(": ", ": &a ", 1) + "  - *a\n"
     _check("".join(lines))
+
+
+def test_a_bad_size_is_reported_at_its_own_key():
+    err = cell_error("""
+        tasks:
+          - id: get
+            run: http
+            url: http://127.0.0.1:1/x
+            max_body: lots
+        """)
+    assert "max_body must be a positive size" in err.message
+    assert err.location is not None and "line 6" in err.location
