@@ -46,8 +46,19 @@ COMPENSATION_FAILED = "CompensationFailed"
 # A failed run is in the dead letter queue until one of these is appended to it.
 DEAD_LETTER_RETRIED = "DeadLetterRetried"  # payload: new_run_id, inputs (the changed ones)
 DEAD_LETTER_DISCARDED = "DeadLetterDiscarded"  # payload: reason
+# Durable execution (docs/durability.md)
+RUN_SUSPENDED = "RunSuspended"  # run -> waiting: only gates/breakpoints are left; payload: waiting [{task, kind}], how
+RUN_RESUMED = "RunResumed"  # run -> running again; payload: from_status, from_version, version, interrupted, reset
+APPROVAL_REQUESTED = "ApprovalRequested"  # task -> waiting; payload: message, preview, input_schema, timeout_s, expires_at, on_timeout, on_reject, iteration
+APPROVAL_GRANTED = "ApprovalGranted"  # task -> scheduled; payload: by, answered_at, input, comment
+APPROVAL_REJECTED = "ApprovalRejected"  # task -> scheduled; payload: by, answered_at, reason
+APPROVAL_EXPIRED = "ApprovalExpired"  # task -> scheduled; payload: expires_at, outcome (approve|reject|skip|fail)
+BREAKPOINT_HIT = "BreakpointHit"  # task -> waiting (wf.run(break_before=...)); payload: inputs (preview)
+BREAKPOINT_RELEASED = "BreakpointReleased"  # task -> scheduled; payload: replaced {param: stored value}
+SLEEP_STARTED = "SleepStarted"  # a sleep step -> sleeping; payload: seconds, wake_at (UTC us)
+SIDE_EFFECT_RECORDED = "SideEffectRecorded"  # kf.now/random/remember/sleep inside a task; payload: kind, call, scope, value | value_ref
 
-RUN_EVENT_TYPES = (RUN_STARTED, RUN_SUCCEEDED, RUN_FAILED)
+RUN_EVENT_TYPES = (RUN_STARTED, RUN_SUCCEEDED, RUN_FAILED, RUN_SUSPENDED, RUN_RESUMED)
 TASK_EVENT_TYPES = (
     TASK_SCHEDULED,
     TASK_STARTED,
@@ -72,7 +83,19 @@ FLOW_EVENT_TYPES = (
     DEAD_LETTER_RETRIED,
     DEAD_LETTER_DISCARDED,
 )
-EVENT_TYPES = RUN_EVENT_TYPES + TASK_EVENT_TYPES + FLOW_EVENT_TYPES
+DURABLE_EVENT_TYPES = (
+    APPROVAL_REQUESTED,
+    APPROVAL_GRANTED,
+    APPROVAL_REJECTED,
+    APPROVAL_EXPIRED,
+    BREAKPOINT_HIT,
+    BREAKPOINT_RELEASED,
+    SLEEP_STARTED,
+    SIDE_EFFECT_RECORDED,
+)
+"""Task-level events of durable waits and recorded side effects."""
+APPROVAL_ANSWERS = (APPROVAL_GRANTED, APPROVAL_REJECTED, APPROVAL_EXPIRED)
+EVENT_TYPES = RUN_EVENT_TYPES + TASK_EVENT_TYPES + FLOW_EVENT_TYPES + DURABLE_EVENT_TYPES
 
 # Columns of the `events` table, in order. The store and the SQL views use it.
 EVENT_FIELDS = (

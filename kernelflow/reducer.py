@@ -21,6 +21,8 @@ RUN_STATUS_BY_EVENT = {
     ev.RUN_STARTED: "running",
     ev.RUN_SUCCEEDED: "succeeded",
     ev.RUN_FAILED: "failed",
+    ev.RUN_SUSPENDED: "waiting",  # only gates or breakpoints are left; nothing runs
+    ev.RUN_RESUMED: "running",
 }
 TASK_STATUS_BY_EVENT = {
     ev.TASK_SCHEDULED: "scheduled",
@@ -31,6 +33,14 @@ TASK_STATUS_BY_EVENT = {
     ev.TASK_TIMED_OUT: "timed_out",
     ev.TASK_SKIPPED: "skipped",
     ev.TASK_RESET: "pending",
+    ev.APPROVAL_REQUESTED: "waiting",
+    ev.BREAKPOINT_HIT: "waiting",
+    # An answer (or expiry) decides; the engine then starts, fails or skips the task.
+    ev.APPROVAL_GRANTED: "scheduled",
+    ev.APPROVAL_REJECTED: "scheduled",
+    ev.APPROVAL_EXPIRED: "scheduled",
+    ev.BREAKPOINT_RELEASED: "scheduled",
+    ev.SLEEP_STARTED: "sleeping",
 }
 TASK_STATUSES = tuple(dict.fromkeys(("pending", *TASK_STATUS_BY_EVENT.values())))
 FINAL_TASK_STATUSES = frozenset({"succeeded", "failed", "timed_out", "skipped"})
@@ -58,6 +68,13 @@ class TaskState:
     output_type: str | None = None
     output_stored: bool = False
     iteration: int = 0
+    gate: dict[str, Any] | None = None
+    """The approval or breakpoint this task waits at (or last waited at):
+    ``kind`` (approval|breakpoint), ``seq``, ``requested_at`` and the request's payload."""
+    answer: dict[str, Any] | None = None
+    """How the gate was answered: ``type`` (the answer event) and its payload."""
+    wake_at: int | None = None
+    """A sleep step's wake-up time (UTC µs)."""
 
     @property
     def done(self) -> bool:
@@ -83,6 +100,11 @@ class RunState:
     @property
     def done(self) -> bool:
         return self.status in FINAL_RUN_STATUSES
+
+    @property
+    def waiting(self) -> dict[str, dict[str, Any]]:
+        """Tasks waiting at an approval gate or breakpoint -> their gate."""
+        return {tid: t.gate or {} for tid, t in self.tasks.items() if t.status == "waiting"}
 
     def counts(self) -> dict[str, int]:
         """Number of tasks in each status (every status present, zeros included)."""
@@ -125,7 +147,14 @@ def apply(state: RunState, event: ev.Event) -> RunState:
             state.inputs = dict(payload.get("inputs") or {})
             for tid in payload.get("tasks") or ():
                 state.tasks.setdefault(tid, TaskState(tid))
-        else:
+        elif kind == ev.RUN_RESUMED:
+            state.workflow_version = event.workflow_version
+            state.ended_at = None
+            state.error = None
+            state.failed_tasks = []
+            for tid in payload.get("tasks") or ():
+                state.tasks.setdefault(tid, TaskState(tid))
+        elif kind != ev.RUN_SUSPENDED:
             state.ended_at = event.ts
             if kind == ev.RUN_FAILED:
                 state.error = payload.get("error")
@@ -157,6 +186,18 @@ def apply(state: RunState, event: ev.Event) -> RunState:
     elif kind == ev.TASK_SKIPPED:
         task.ended_at = event.ts
         task.reason = payload.get("reason")
+    elif kind == ev.APPROVAL_REQUESTED or kind == ev.BREAKPOINT_HIT:
+        task.gate = {
+            "kind": "approval" if kind == ev.APPROVAL_REQUESTED else "breakpoint",
+            "seq": event.seq,
+            "requested_at": event.ts,
+            **payload,
+        }
+        task.answer = None
+    elif kind in ev.APPROVAL_ANSWERS or kind == ev.BREAKPOINT_RELEASED:
+        task.answer = {"type": kind, "seq": event.seq, "at": event.ts, **payload}
+    elif kind == ev.SLEEP_STARTED:
+        task.wake_at = payload.get("wake_at")
     elif kind == ev.TASK_RESET:
         # Another iteration: the attempt count goes on (attempt numbers stay
         # unique per task), everything else starts over.
@@ -166,6 +207,8 @@ def apply(state: RunState, event: ev.Event) -> RunState:
         task.reason = None
         task.output = task.output_ref = task.output_type = None
         task.output_stored = False
+        task.gate = task.answer = None
+        task.wake_at = None
     else:  # retrying, failed, timed out: an attempt ended badly
         task.ended_at = event.ts
         task.error = payload.get("error")
