@@ -84,9 +84,18 @@ def run_workflow(
     parent_info: Mapping[str, Any] | None = None,
     masker: Any = None,
 ) -> Run:
-    """Start a run of ``workflow``; with ``wait`` drive it here and return it finished."""
+    """Start a run of ``workflow``; with ``wait`` drive it here and return it finished
+    (or suspended at a gate). Options among ``inputs``: ``raise_on_failure``,
+    ``run_id``, ``break_before`` (task ids), ``deterministic``."""
     raise_on_failure = inputs.pop("raise_on_failure", True)
     run_id = inputs.pop("run_id", None) or new_run_id()
+    options = _run_options(workflow, inputs.pop("break_before", None), inputs.pop("deterministic", False))
+    if parent_info is None:
+        from .batch_resume import resumed_in_batch
+
+        resumed = resumed_in_batch(workflow, wait=wait, raise_on_failure=raise_on_failure)
+        if resumed is not None:
+            return resumed
     check_inputs(workflow, inputs)
     for decl in workflow.declared_inputs or ():
         if decl.name in inputs:
@@ -99,14 +108,68 @@ def run_workflow(
         elif decl.has_default:
             inputs[decl.name] = decl.default
     store = open_store()
+    run = prepare_run(
+        workflow, run_id, inputs, store, raise_on_failure=raise_on_failure, parent_info=parent_info, masker=masker, options=options
+    )
+    run._lease = store.lease(run_id)
+    if run._lease is None:
+        raise InputError(f"run id {run_id!r} is in use by another run being driven now; pick another run_id")
+    return start_run(run, wait=wait)
+
+
+def _run_options(wf: Workflow, break_before: Any, deterministic: Any) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if break_before:
+        names = [break_before] if isinstance(break_before, str) else list(break_before)
+        for name in names:
+            if not isinstance(name, str) or name not in wf:
+                close = difflib.get_close_matches(str(name), list(wf.task_ids), n=1)
+                raise InputError(
+                    f"break_before names {name!r}, which is not a step of workflow {wf.name!r}"
+                    + (f" (did you mean {close[0]!r}?)" if close else "")
+                    + f"; steps: {', '.join(wf.task_ids)}"
+                )
+        options["break_before"] = names
+    if not isinstance(deterministic, bool):
+        raise InputError(f"deterministic must be True or False, got {deterministic!r}")
+    if deterministic:
+        options["deterministic"] = True
+    return options
+
+
+def prepare_run(
+    workflow: Workflow,
+    run_id: str,
+    inputs: Mapping[str, Any],
+    store: Any,
+    *,
+    raise_on_failure: bool = True,
+    parent_info: Mapping[str, Any] | None = None,
+    masker: Any = None,
+    options: Mapping[str, Any] | None = None,
+    into: Run | None = None,
+) -> Run:
+    """A :class:`Run` ready to drive (``into``: re-initialise that handle instead
+    of making a new one, so ``run.resume()`` updates the object users hold)."""
     _register_once(store, workflow)
-    run = Run(workflow, run_id, inputs, store, raise_on_failure=raise_on_failure, parent_info=parent_info, masker=masker)
+    if into is not None:
+        Run.__init__(into, workflow, run_id, inputs, store, raise_on_failure=raise_on_failure,
+                     parent_info=parent_info, masker=masker, options=options)  # fmt: skip
+        run = into
+    else:
+        run = Run(workflow, run_id, inputs, store, raise_on_failure=raise_on_failure, parent_info=parent_info,
+                  masker=masker, options=options)  # fmt: skip
     for found in get_plugin_manager().hook.kernelflow_run_observers(run=run):
         run._observers.extend(found or ())
+    return run
+
+
+def start_run(run: Run, *, wait: bool) -> Run:
+    """Drive ``run`` here (``wait``) or on a background thread; it must hold its lease."""
     if wait:
         _drive(run, reraise=True)
         return run.wait()
-    threading.Thread(target=_drive, args=(run,), name=f"kernelflow-run-{run_id}", daemon=True).start()
+    threading.Thread(target=_drive, args=(run,), name=f"kernelflow-run-{run.run_id}", daemon=True).start()
     return run
 
 
@@ -128,11 +191,23 @@ def _drive(run: Run, reraise: bool = False) -> None:
         drive(run)
     except BaseException as exc:
         run.engine_error = exc
+        _let_go(run)
         run._finish()
         if reraise:
             raise
         return
+    _let_go(run)
     run._finish()
+
+
+def _let_go(run: Run) -> None:
+    lease, run._lease = run._lease, None
+    if lease is not None:
+        lease.release()
+    if run.status == "waiting":
+        from .watcher import watch_if_interactive
+
+        watch_if_interactive(run)
 
 
 def sql(query: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pl.DataFrame:

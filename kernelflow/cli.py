@@ -1,7 +1,8 @@
 """The ``kernelflow`` command.
 
 Exit codes: 0 success; 1 a run or notebook failed, or kernelflow refused
-(the message says why); 2 bad command-line usage.
+(the message says why); 2 bad command-line usage; 3 a run is suspended at an
+approval gate or breakpoint (the message says how to answer and resume).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Sequence
 from .exceptions import KernelflowError
 from .literals import parse_literal
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SUSPENDED = 0, 1, 2, 3
 
 
 def _table(df: Any) -> str:
@@ -45,45 +46,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not target.is_file():
         print(f"error: notebook {target} not found", file=sys.stderr)
         return EXIT_USAGE
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
     parameters = {key: parse_literal(value) for key, value in args.parameter}
     notebook = target.resolve()
     output = Path(args.output) if args.output else Path("out") / f"{target.stem}.ipynb"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output = output.resolve()
-    # The kernel runs beside the notebook, so its default store is the
-    # notebook's .kernelflow/; pin it so this process reads the same one.
-    store_dir = os.environ.get("KERNELFLOW_HOME") or str(notebook.parent / ".kernelflow")
     batch_id = "b-" + secrets.token_hex(5)
-    env = {
-        "KERNELFLOW_HOME": store_dir,
-        "KERNELFLOW_BATCH_ID": batch_id,
-        "KERNELFLOW_VIA": "papermill",
-        "KERNELFLOW_NOTEBOOK": str(notebook),
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the kernel inherits the environment of this process
-    print(f"running {target} with papermill (parameters: {parameters or 'none'})", file=sys.stderr)
-    failed: str | None = None
-    try:
-        papermill.execute_notebook(
-            str(notebook),
-            str(output),
-            parameters=parameters,
-            cwd=str(notebook.parent),
-            progress_bar=not args.no_progress,
-            log_output=False,
-        )
-    except PapermillExecutionError as exc:
-        failed = f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    store_dir, output, failed = _execute_notebook(notebook, output, parameters, batch_id, {}, progress=not args.no_progress)
     from .store_access import open_store
 
     store = open_store(store_dir)
@@ -97,6 +64,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"runs recorded by this notebook ({len(runs)}, store {store_dir}):")
     print(_table(runs) if len(runs) else "  (none)")
     print(f"executed notebook: {output}")
+    if failed and "RunSuspended" in failed:
+        print(f"the notebook stopped at a suspended run:\n{failed.split('RunSuspended: ', 1)[-1]}", file=sys.stderr)
+        return EXIT_SUSPENDED
     if failed:
         print(f"notebook failed at {failed}", file=sys.stderr)
         return EXIT_FAILED
@@ -106,6 +76,127 @@ def cmd_run(args: argparse.Namespace) -> int:
     n_failed = int((runs["status"] == "failed").sum()) if len(runs) else 0
     if n_failed:
         print(f"note: {n_failed} run(s) failed and the notebook handled them", file=sys.stderr)
+    return EXIT_OK
+
+
+def _execute_notebook(notebook: Path, output: Path, parameters: dict[str, Any], batch_id: str,
+                      extra_env: dict[str, str], *, progress: bool) -> tuple[str, Path, str | None]:  # fmt: skip
+    """Run ``notebook`` with papermill; returns (store folder, output path, failure or None)."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output = output.resolve()
+    # The kernel runs beside the notebook, so its default store is the
+    # notebook's .kernelflow/; pin it so this process reads the same one.
+    store_dir = os.environ.get("KERNELFLOW_HOME") or str(notebook.parent / ".kernelflow")
+    env = {
+        "KERNELFLOW_HOME": store_dir,
+        "KERNELFLOW_BATCH_ID": batch_id,
+        "KERNELFLOW_VIA": "papermill",
+        "KERNELFLOW_NOTEBOOK": str(notebook),
+        **extra_env,
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel inherits the environment of this process
+    print(f"running {notebook.name} with papermill (parameters: {parameters or 'none'})", file=sys.stderr)
+    failed: str | None = None
+    try:
+        papermill.execute_notebook(
+            str(notebook), str(output), parameters=parameters, cwd=str(notebook.parent),
+            progress_bar=progress, log_output=False,
+        )  # fmt: skip
+    except PapermillExecutionError as exc:
+        failed = f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return store_dir, output, failed
+
+
+# --- durable: resume / approve / reject -----------------------------------------
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from .resume import ResumeError, load_history, resume, started_payload
+    from .store_access import use_store
+
+    if args.store:
+        use_store(args.store)
+    store = _store(args)
+    events, state = load_history(store, args.run_id)
+    started = started_payload(events)
+    notebook = args.notebook or (None if (args.file or started.get("source")) else started.get("notebook"))
+    if notebook:
+        return _resume_notebook(args, Path(notebook), started, state)
+    workflow = None
+    source = args.file or started.get("source")
+    if source:
+        from .yaml_compiler import load
+
+        sys.path.insert(0, str(Path(source).resolve().parent))
+        workflow = load(Path(source), {})
+    try:
+        run = resume(args.run_id, workflow=workflow, raise_on_failure=False)
+    except ResumeError:
+        raise
+    print(run.summary())
+    return _exit_for(run.status)
+
+
+def _resume_notebook(args: argparse.Namespace, notebook: Path, started: Any, state: Any) -> int:
+    batch = started.get("batch_id")
+    if not batch:
+        print(
+            f"error: run {args.run_id} was started from {notebook} interactively, not by `kernelflow run`; "
+            f"open the notebook, run the cell that defines {state.workflow!r}, and call kf.resume({args.run_id!r})",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    if not notebook.is_file():
+        print(f"error: notebook {notebook} (recorded by run {args.run_id}) not found; pass --notebook PATH", file=sys.stderr)
+        return EXIT_USAGE
+    output = Path(args.output) if args.output else Path("out") / f"{notebook.stem}.resumed.ipynb"
+    new_batch = "b-" + secrets.token_hex(5)
+    store_dir, output, failed = _execute_notebook(
+        notebook.resolve(), output, {}, new_batch, {"KERNELFLOW_RESUME_BATCH": batch}, progress=not args.no_progress
+    )
+    from .reducer import fold
+    from .store_access import open_store
+
+    events = open_store(store_dir).read_run(args.run_id)
+    status = fold(events).status
+    print(f"run {args.run_id}: {status} (notebook re-executed in resume mode: {output})")
+    if failed and status not in ("succeeded", "waiting"):
+        print(f"notebook failed at {failed}", file=sys.stderr)
+    return _exit_for(status)
+
+
+def _exit_for(status: str) -> int:
+    return {"succeeded": EXIT_OK, "waiting": EXIT_SUSPENDED}.get(status, EXIT_FAILED)
+
+
+def cmd_answer(args: argparse.Namespace) -> int:
+    from .approvals import approve, reject
+    from .store_access import use_store
+
+    if args.store:
+        use_store(args.store)
+    if args.command == "approve":
+        given = {key: parse_literal(value) for key, value in args.input}
+        answer = approve(args.run_id, args.step, by=args.by, comment=args.comment, resume=False, **given)
+    else:
+        answer = reject(args.run_id, args.step, args.reason, by=args.by, resume=False)
+    who = answer.by.get("name") or answer.by.get("user")
+    print(f"step {args.step} of run {args.run_id}: {answer.decision} by {who}")
+    if args.resume:
+        args.notebook = args.file = args.output = None
+        args.no_progress = True
+        return cmd_resume(args)
+    print(f"continue the run with: kernelflow resume {args.run_id}")
     return EXIT_OK
 
 
@@ -199,7 +290,7 @@ def _run_yaml(args: argparse.Namespace, target: Path) -> int:
     inputs = {key: parse_literal(value) for key, value in args.parameter}
     run = wf.run(**inputs, raise_on_failure=False)
     print(run.summary())
-    return EXIT_OK if run.status == "succeeded" else EXIT_FAILED
+    return _exit_for(run.status)
 
 
 # --- dead letters --------------------------------------------------------------
@@ -250,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("history", help="recent runs, newest first")
     p.add_argument("--workflow", help="only this workflow")
-    p.add_argument("--status", choices=["running", "succeeded", "failed"], help="only runs in this status")
+    p.add_argument("--status", choices=["running", "waiting", "succeeded", "failed"], help="only runs in this status")
     p.add_argument("--limit", type=int, default=20, help="how many (default 20)")
     p.set_defaults(func=cmd_history)
 
@@ -267,6 +358,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", help="retry: the YAML file defining the workflow")
     p.add_argument("--reason", help="discard: why (recorded)")
     p.set_defaults(func=cmd_dlq)
+
+    p = sub.add_parser("resume", help="continue a failed, interrupted or suspended run without re-running completed tasks")
+    p.add_argument("run_id")
+    p.add_argument("--file", help="the workflow file (.yaml) defining the run's workflow (default: the one it was run from)")
+    p.add_argument("--notebook", help="re-execute this notebook in resume mode (default: the notebook the run came from)")
+    p.add_argument("-o", "--output", help="notebook resume: where to write the executed notebook")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_resume)
+
+    for name, what in (("approve", "grant"), ("reject", "reject")):
+        p = sub.add_parser(name, help=f"{what} the approval a run's step waits for (from any machine sharing the store)")
+        p.add_argument("run_id")
+        p.add_argument("step")
+        if name == "approve":
+            p.add_argument("-i", "--input", nargs=2, action="append", default=[], metavar=("FIELD", "VALUE"),
+                           help="a field of the gate's input (repeatable); VALUE is a Python literal or a string")
+            p.add_argument("--comment", help="a note kept with the approval")
+        else:
+            p.add_argument("--reason", help="why (recorded, shown to the run's owner)")
+        p.add_argument("--by", help="who answers (default: your user name)")
+        p.add_argument("--resume", action="store_true", help="continue the run right away")
+        p.set_defaults(func=cmd_answer)
 
     p = sub.add_parser("sql", help="query the store with SQL (views: events, runs, task_attempts, workflows)")
     p.add_argument("query")

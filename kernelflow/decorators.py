@@ -194,3 +194,54 @@ def options_of(fn: Callable[..., Any]) -> TaskOptions:
         opts.get("after", ()), "after", _locate_nowhere, "task"
     )
     return steps._task_options(opts, needs, _locate_nowhere, "task")
+
+
+def approval(
+    message: str = "Approve this step?",
+    *,
+    preview: str | None = None,
+    input: Mapping[str, Any] | type | None = None,  # noqa: A002 - the YAML key's name
+    timeout: float | str | None = None,
+    on_timeout: str = _UNSET,
+    on_reject: str = "fail",
+) -> Callable[[F], F]:
+    """Pause the run before this task until a person approves it.
+
+    ``message`` may name the task's parameters (``"Publish {n} rows to {table}?"``;
+    ``{n}`` is the length of the data previewed) or hold ``{{templates}}``.
+    ``preview``: the parameter whose value is shown (default: the first).
+    ``input``: fields the approver fills in — ``{"table": str, "limit": int}``
+    or a pydantic model; the task receives them as parameters of the same
+    name, and the whole answer as a parameter named ``approval``
+    (:class:`kernelflow.gates.Approval`). ``timeout`` with ``on_timeout``
+    ``"reject"`` (default), ``"approve"``, ``"skip"`` or ``"fail"``.
+    A rejection fails the task (``on_reject="fail"``) or skips it (``"skip"``).
+
+    Answer with ``kf.approve(run_id, "task", **input)`` / ``kf.reject(...)``
+    from any process, or ``kernelflow approve RUN TASK``.
+    """
+    gate: dict[str, Any] = {"message": message, "on_reject": on_reject}
+    if preview is not None:
+        gate["preview"] = preview
+    if input is not None:
+        gate["input"] = input
+    if timeout is not None:
+        gate["timeout"] = timeout
+    if on_timeout is not _UNSET:
+        gate["on_timeout"] = on_timeout
+    from .gates import parse_approval
+
+    parse_approval(gate, _locate_nowhere, "@kf.approval", None)  # shape errors now; names at definition
+
+    def mark(f: F) -> F:
+        if not inspect.isfunction(inspect.unwrap(f)):
+            raise DefinitionError(
+                f"@kf.approval decorates functions defined with def; got {type(f).__name__} {f!r}",
+                hint="put @kf.approval directly above a `def` (or above @kf.task)",
+            )
+        current = dict(getattr(f, STEP_ATTR, {}))
+        current["approval"] = gate
+        setattr(f, STEP_ATTR, current)
+        return f
+
+    return mark

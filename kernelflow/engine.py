@@ -39,8 +39,10 @@ from .durations import format_duration
 from .exceptions import KernelflowError, TaskFailure
 from .executor_api import Executor, TaskCall, TaskOutcome
 from .plugin_host import executor_spec
+from .durable import TaskContext, bind
 from .run import Run
 
+GATE_POLL_S = 0.2  # how often a driving process looks for answers given elsewhere
 INLINE_OUTPUT_LIMIT = 2048  # bytes of JSON; larger or richer outputs become artifacts
 _NONE_OUTPUT = {"output": None, "output_ref": None, "output_type": "NoneType", "stored": True}
 _INLINE_TYPES = (bool, int, float, str, list, dict)
@@ -182,7 +184,18 @@ class _Driver:
         self.jumps: dict[tuple[str, str], int] = {}
         self.forced: set[str] = set()  # skip_to targets: rule 3 does not apply
         self.waiting = {tid: len(set(self.index[tid].upstream)) for tid in wf.order}
-        self.rng = random.Random()
+        options = run.options
+        self.deterministic = bool(options.get("deterministic"))
+        if self.deterministic:
+            # One task at a time in the workflow's fixed order, seeded jitter: reproducible runs.
+            self.max_parallel = 1
+        self.rng = random.Random(run.run_id) if self.deterministic else random.Random()
+        self.break_before = frozenset(options.get("break_before") or ())
+        # Durable waits: tasks at an approval gate or breakpoint -> their gate; sleeping tasks.
+        self.gates: dict[str, dict[str, Any]] = {}
+        self.sleepers: list[tuple[float, int, str, int]] = []
+        self.next_poll = 0.0
+        self.suspended = False
         self.plan: dict[str, tuple[Any, tuple[str, ...], tuple[str, ...], str, float | None]] = {}
         for tid in wf.order:
             task = self.index[tid]
@@ -199,21 +212,34 @@ class _Driver:
 
     def drive(self) -> None:
         run, wf = self.run, self.wf
-        self.emit(
-            ev.RUN_STARTED,
-            payload={
-                "inputs": _json_safe_inputs(self.masker.value(self.inputs)),
-                "tasks": list(wf.order),
-                "max_parallel": self.max_parallel,
-                "executor": wf.executor,
-                "notebook": os.environ.get("KERNELFLOW_NOTEBOOK") or os.environ.get("JPY_SESSION_NAME"),
-                "batch_id": os.environ.get("KERNELFLOW_BATCH_ID"),
-                **run.parent_info,
-            },
-        )
+        if run._resume is not None:
+            from .resume import restore
+
+            restore(self, run._resume)
+        else:
+            inputs, input_refs = _stored_inputs(run, self.masker.value(self.inputs))
+            self.emit(
+                ev.RUN_STARTED,
+                payload={
+                    "inputs": inputs,
+                    **({"input_refs": input_refs} if input_refs else {}),
+                    "tasks": list(wf.order),
+                    "max_parallel": self.max_parallel,
+                    "executor": wf.executor,
+                    "notebook": os.environ.get("KERNELFLOW_NOTEBOOK") or os.environ.get("JPY_SESSION_NAME"),
+                    "batch_id": os.environ.get("KERNELFLOW_BATCH_ID"),
+                    **({"source": wf.origin} if wf.origin not in ("cell", "") and os.path.isfile(wf.origin) else {}),
+                    **{k: v for k, v in run.options.items() if v},
+                    **run.parent_info,
+                },
+            )
+            if run._preset:
+                from .resume import apply_preset
+
+                apply_preset(self, run._preset)
         try:
             for tid in wf.order:
-                if self.waiting[tid] == 0:
+                if self.waiting[tid] == 0 and self.tasks_state[tid].status == "pending":
                     self.consider(tid)
             self.loop()
         except BaseException as exc:
@@ -234,7 +260,13 @@ class _Driver:
             for executor in self.executors.values():
                 executor.shutdown(wait=False)
 
+        if self.suspended:
+            return
         if self.failed:
+            for tid in list(self.gates):
+                # The run has failed: nobody needs to answer its gates any more.
+                self.gates.pop(tid)
+                self.emit(ev.TASK_SKIPPED, tid, None, {"reason": f"the run failed while {tid!r} was waiting", "cause": "run_failed"})
             self.compensate()
             first = run.failures[self.failed[0]]
             self.emit(
@@ -252,13 +284,20 @@ class _Driver:
         while True:
             self.fill()
             self.run._notify()
-            if not self.running and not self.retry_heap:
+            if not self.running and not self.retry_heap and not self.sleepers:
                 if self.ready or any(f.can_start() for f in self.frames):
                     continue  # capacity freed by work that finished synchronously
+                if self.gates and not self.failed:
+                    # Only gates are left: a last look for answers, then suspend.
+                    if self.poll_gates(final=True):
+                        continue
+                    self.suspend()
                 break
             wake = min(
                 self.deadline_heap[0][0] if self.deadline_heap else float("inf"),
                 self.retry_heap[0][0] if self.retry_heap else float("inf"),
+                self.sleepers[0][0] if self.sleepers else float("inf"),
+                self.next_poll if self.gates else float("inf"),
             )
             try:
                 if wake == float("inf"):
@@ -279,6 +318,12 @@ class _Driver:
                 current = self.running.get(key)
                 if current is not None and current[0] == attempt:
                     self.timed_out(key, attempt)
+            while self.sleepers and self.sleepers[0][0] <= now:
+                _, _, tid, attempt = heapq.heappop(self.sleepers)
+                if self.tasks_state[tid].status == "sleeping":
+                    self.task_succeeded(tid, attempt, None)
+            if self.gates and now >= self.next_poll:
+                self.poll_gates()
             while self.retry_heap and self.retry_heap[0][0] <= now:
                 _, _, key, attempt = heapq.heappop(self.retry_heap)
                 if isinstance(key, str):
@@ -341,6 +386,137 @@ class _Driver:
         self.values[tid] = None
         self.done(tid)
 
+    # --- durable waits ---------------------------------------------------------------------
+
+    def request_approval(self, tid: str) -> None:
+        """Pause ``tid`` at its gate: record what is asked; the run goes on elsewhere."""
+        from .gates import make_preview, render_message
+
+        task = self.index[tid]
+        gate = task.spec.approval or {}
+        state = self.tasks_state[tid]
+        ctx = self.context()
+        try:
+            kwargs = self.kwargs_for(tid, self.plan[tid][0], None) if task.spec.kind == "python" else {}
+            message = self.masker.text(render_message(gate, kwargs, ctx))
+            preview = make_preview(gate, kwargs, ctx, self.masker.value)
+        except Exception as exc:  # noqa: BLE001 - a template that cannot render is this task's failure
+            self.emit(ev.TASK_STARTED, tid, state.attempt + 1, {"executor": "gate"})
+            self.fail_for_good(tid, state.attempt + 1, self.error_of(exc, "approval message: "), "error", exc)
+            return
+        timeout = gate.get("timeout")
+        expires_at = ev.now_us() + int(timeout * 1_000_000) if timeout else None
+        event = self.emit(
+            ev.APPROVAL_REQUESTED,
+            tid,
+            state.attempt + 1,
+            {
+                "message": message,
+                "preview": preview,
+                "input_schema": {k: v for k, v in (gate.get("input") or {}).items() if k != "json_schema"} or None,
+                "timeout_s": timeout,
+                "expires_at": expires_at,
+                "on_timeout": gate.get("on_timeout", "reject"),
+                "on_reject": gate.get("on_reject", "fail"),
+                "iteration": state.iteration,
+            },
+        )
+        self.gates[tid] = {"kind": "approval", "seq": event.seq, "expires_at": expires_at}
+        self.next_poll = 0.0
+
+    def hit_breakpoint(self, tid: str) -> None:
+        from .gates import preview_of
+
+        state = self.tasks_state[tid]
+        try:
+            kwargs = self.kwargs_for(tid, self.plan[tid][0], None) if self.index[tid].spec.kind == "python" else {}
+        except Exception:  # noqa: BLE001 - inputs that cannot be computed show as none
+            kwargs = {}
+        inputs = {k: self.masker.value(preview_of(v)) for k, v in kwargs.items()}
+        self.emit(ev.BREAKPOINT_HIT, tid, state.attempt + 1, {"inputs": inputs, "iteration": state.iteration})
+        self.gates[tid] = {"kind": "breakpoint", "seq": None, "expires_at": None}
+
+    def apply_answer(self, tid: str, attempt: int, answer: Mapping[str, Any]) -> dict[str, Any] | None:
+        """What the gate's answer means for the task. Returns the extra
+        arguments for the task's function, or None when decided here."""
+        from .gates import Approval, _model
+
+        spec = self.index[tid].spec
+        gate = spec.approval or {}
+        kind = answer["type"]
+        outcome = answer.get("outcome") if kind == ev.APPROVAL_EXPIRED else None
+        by = answer.get("by") or {}
+        who = by.get("name") or by.get("user") or "someone"
+        if kind == ev.APPROVAL_GRANTED or outcome == "approve":
+            data = dict(answer.get("input") or {})
+            model = _model((gate.get("input") or {}).get("model"))
+            value: Any = data
+            if model is not None:
+                try:
+                    value = model.model_validate(data)
+                except Exception:  # noqa: BLE001 - validated when given; a changed model gets the dict
+                    value = data
+            approval = Approval(True, by, value, answer.get("comment"), expired=outcome == "approve", answered_at=answer.get("answered_at"))
+            if spec.kind == "approval":
+                self.emit(ev.TASK_STARTED, tid, attempt, {"executor": "gate"})
+                self.task_succeeded(tid, attempt, {"approved": True, "by": by, "input": data, "comment": answer.get("comment"), "expired": outcome == "approve"})
+                return None
+            return {**data, "approval": approval}
+        if kind == ev.APPROVAL_REJECTED:
+            policy = gate.get("on_reject", "fail")
+            why = f"rejected by {who}" + (f": {answer.get('reason')}" if answer.get("reason") else "")
+        else:
+            policy = {"reject": gate.get("on_reject", "fail")}.get(outcome or "", outcome or "fail")
+            why = f"approval expired (on_timeout: {outcome})"
+        if policy == "skip":
+            self.skip(tid, why, {"cause": "approval"})
+            return None
+        self.emit(ev.TASK_STARTED, tid, attempt, {"executor": "gate"})
+        exc = ApprovalRejected(why)
+        self.fail_for_good(tid, attempt, self.error_of(exc), "error", exc)
+        return None
+
+    def poll_gates(self, final: bool = False) -> bool:
+        """Turn answers claimed by any process (and expiries) into events.
+        Returns True if a gate was answered."""
+        from .approvals import answer_event_from_claim, claim_expiry
+
+        self.next_poll = time.monotonic() + GATE_POLL_S
+        store = self.run.store
+        answered = False
+        now = ev.now_us()
+        for tid, gate in list(self.gates.items()):
+            if gate["kind"] != "approval":
+                continue
+            claim = store.answers.read(self.run.run_id, tid, gate["seq"])
+            if claim is None and gate["expires_at"] is not None and gate["expires_at"] <= now:
+                outcome = (self.index[tid].spec.approval or {}).get("on_timeout", "reject")
+                claim = claim_expiry(store, self.run.run_id, tid, gate["seq"], gate["expires_at"], outcome)
+            if claim is None:
+                continue
+            type_, payload, actor = answer_event_from_claim(claim)
+            self.gates.pop(tid)
+            self.emit(type_, tid, self.tasks_state[tid].attempt + 1, payload, actor=actor)
+            self.ready.append(tid)
+            answered = True
+        return answered
+
+    def suspend(self) -> None:
+        """Only gates are left: record that the run waits, and let go of it."""
+        from .approvals import how_to_answer
+
+        waiting = []
+        for tid, gate in self.gates.items():
+            g = self.tasks_state[tid].gate or {}
+            waiting.append({"task": tid, "kind": gate["kind"], "message": g.get("message"), "expires_at": gate["expires_at"]})
+        self.emit(ev.RUN_SUSPENDED, payload={"waiting": waiting, "how": how_to_answer(self.run.run_id, waiting)})
+        self.suspended = True
+
+    def sleep_until(self, tid: str, attempt: int, wake_at_us: int) -> None:
+        left = 0.0 if self.run._replaying else max(0.0, (wake_at_us - ev.now_us()) / 1_000_000)
+        self.counter += 1
+        heapq.heappush(self.sleepers, (time.monotonic() + left, self.counter, tid, attempt))
+
     def done(self, tid: str) -> None:
         """``tid`` reached a final status: its dependents may go."""
         for d in self.down[tid]:
@@ -384,6 +560,11 @@ class _Driver:
                 s = s.get("$parent")
         if fn is not None and spec.kind == "switch":
             kwargs = _fit(fn, kwargs)
+        replaced = self.tasks_state[tid].replaced
+        if replaced:
+            from .resume import replaced_values
+
+            kwargs.update(replaced_values(self.run, replaced))
         return kwargs
 
     def executor_for(self, tid: str) -> Executor:
@@ -396,8 +577,28 @@ class _Driver:
     def launch(self, tid: str) -> None:
         task = self.index[tid]
         spec = task.spec
-        attempt = self.tasks_state[tid].attempt + 1
+        state = self.tasks_state[tid]
+        attempt = state.attempt + 1
+        extra: dict[str, Any] | None = None
+        if tid in self.break_before and state.replaced is None and not self.run._replaying:
+            self.hit_breakpoint(tid)
+            return
+        if spec.approval is not None:
+            answer = state.answer if state.answer and state.answer["type"] in ev.APPROVAL_ANSWERS else None
+            if answer is None:
+                self.request_approval(tid)
+                return
+            extra = self.apply_answer(tid, attempt, answer)
+            if extra is None:
+                return  # rejected, expired or a pure gate: decided here
         executor_name = self.plan[tid][3]
+        if spec.kind == "sleep":
+            self.emit(ev.TASK_STARTED, tid, attempt, {"executor": "engine"})
+            seconds = float(spec.action["seconds"])
+            wake_at = ev.now_us() + int(seconds * 1_000_000)
+            self.emit(ev.SLEEP_STARTED, tid, attempt, {"seconds": seconds, "wake_at": wake_at})
+            self.sleep_until(tid, attempt, wake_at)
+            return
         self.emit(ev.TASK_STARTED, tid, attempt, {"executor": executor_name})
         if spec.for_each:
             try:
@@ -410,6 +611,8 @@ class _Driver:
             return
         try:
             fn, kwargs, meta = self.prepare(tid, None)
+            if extra:
+                kwargs = _fit(fn, {**kwargs, **extra}) if fn is not None else kwargs
         except CircuitOpen as exc:
             if spec.fallback is not None:
                 self.use_fallback(tid, attempt, str(exc))
@@ -530,7 +733,9 @@ class _Driver:
         timeout = self.plan[tid][4]
         own = meta.get("own_timeout", False)
         alone = not self.running and not self.ready and not self.retry_heap and not self.frames
-        call = TaskCall(self.run.run_id, tid, attempt, fn, kwargs, None if own else timeout, alone)
+        path = meta["frame"].path + (meta["index"],) if meta.get("kind") == "item" else ()
+        ctx = TaskContext(self.run.run_id, self.wf.name, tid, attempt, self.tasks_state[tid].iteration, path, self.run)
+        call = TaskCall(self.run.run_id, tid, attempt, bind(ctx, fn), kwargs, None if own else timeout, alone)
         self.running[key] = (attempt, None, meta)
         self.calls[id(call)] = key
         handle = self.executor_for(tid).submit(call, self.report)
@@ -954,6 +1159,10 @@ class _Driver:
         return {"exc_type": type(exc).__name__, "message": mask(prefix + str(exc)), "traceback": mask(traceback)}
 
 
+class ApprovalRejected(StepFailed):
+    """An approval gate was rejected (or expired with a failing outcome)."""
+
+
 class CircuitOpen(StepFailed):
     """The step's circuit breaker is open: the call was not made."""
 
@@ -1038,13 +1247,23 @@ def _output_payload(run: Run, tid: str, attempt: int, value: Any) -> dict[str, A
     return {"output": None, "output_ref": dict(ref), "output_type": kind.__name__, "stored": True}
 
 
-def _json_safe_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
-    safe = {}
+def _stored_inputs(run: Run, inputs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Inputs for ``RunStarted``: small JSON values inline; others shown by type
+    and repr, and kept as artifacts so a resume, fork or replay can load them."""
+    safe: dict[str, Any] = {}
+    refs: dict[str, Any] = {}
     for name, value in inputs.items():
         try:
             encoded = orjson.dumps(value)
             ok = len(encoded) <= INLINE_OUTPUT_LIMIT and orjson.loads(encoded) == value
         except (TypeError, orjson.JSONEncodeError):
             ok = False
-        safe[name] = value if ok else {"type": type(value).__name__, "repr": repr(value)[:200]}
-    return safe
+        if ok:
+            safe[name] = value
+            continue
+        safe[name] = {"type": type(value).__name__, "repr": repr(value)[:200]}
+        try:
+            refs[name] = dict(run.store.save_artifact(run.run_id, f"input.{name}", 0, value))
+        except Exception:  # noqa: BLE001 - unstorable: a resume will say this input must be given again
+            pass
+    return safe, refs

@@ -125,3 +125,8 @@ class RunFailedError(KernelflowError):
             f"  inspect it: run = err.run, or kf.sql(\"SELECT * FROM events WHERE run_id = '{self.run.run_id}'\")"
         )
         return lines
+
+
+class RunSuspended(KernelflowError):
+    """A batch run stopped at an approval gate or breakpoint; it is kept durably.
+    The message says how to answer and resume it."""

@@ -252,6 +252,7 @@ class StepSpec:
     fallback: str | None = None  # a run ref
     compensate: str | None = None  # a run ref
     circuit_breaker: Mapping[str, Any] | None = None
+    approval: Mapping[str, Any] | None = None  # a gate before the step (kernelflow.gates)
     task_refs: tuple[str, ...] = ()  # tasks its templates read (validated, and waited for)
     input_refs: tuple[str, ...] = ()  # workflow inputs its templates read
 
@@ -324,12 +325,15 @@ class Task:
     @property
     def inputs(self) -> tuple[Param, ...]:
         """Parameters the workflow's inputs fill: not dependencies, not given by
-        the step's ``input`` mapping, not bound by its forEach loops."""
+        the step's ``input`` mapping, not bound by its forEach loops, not filled
+        by the answer to its approval gate."""
         spec = self.spec
         if spec is EMPTY_SPEC:
             taken = set(self.deps)
         else:
             taken = set(self.deps) | set(spec.input) | set(spec.loop_names())
+            if spec.approval is not None:
+                taken |= {"approval", *((spec.approval.get("input") or {}).get("fields") or {})}
         return tuple(p for p in self.params if p.name not in taken)
 
     @property

@@ -75,6 +75,8 @@ class TaskState:
     """How the gate was answered: ``type`` (the answer event) and its payload."""
     wake_at: int | None = None
     """A sleep step's wake-up time (UTC µs)."""
+    replaced: dict[str, Any] | None = None
+    """Set when a breakpoint before this task was released: the inputs replaced then."""
 
     @property
     def done(self) -> bool:
@@ -194,8 +196,11 @@ def apply(state: RunState, event: ev.Event) -> RunState:
             **payload,
         }
         task.answer = None
-    elif kind in ev.APPROVAL_ANSWERS or kind == ev.BREAKPOINT_RELEASED:
+    elif kind in ev.APPROVAL_ANSWERS:
         task.answer = {"type": kind, "seq": event.seq, "at": event.ts, **payload}
+    elif kind == ev.BREAKPOINT_RELEASED:
+        task.answer = {"type": kind, "seq": event.seq, "at": event.ts, **payload}
+        task.replaced = dict(payload.get("replaced") or {})
     elif kind == ev.SLEEP_STARTED:
         task.wake_at = payload.get("wake_at")
     elif kind == ev.TASK_RESET:
@@ -209,6 +214,7 @@ def apply(state: RunState, event: ev.Event) -> RunState:
         task.output_stored = False
         task.gate = task.answer = None
         task.wake_at = None
+        task.replaced = None
     else:  # retrying, failed, timed out: an attempt ended badly
         task.ended_at = event.ts
         task.error = payload.get("error")

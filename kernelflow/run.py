@@ -6,8 +6,8 @@ import asyncio
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from .events import Event, current_actor, now_us, us_to_datetime
-from .exceptions import KernelflowError, RunFailedError, TaskFailure
+from .events import SIDE_EFFECT_RECORDED, Event, current_actor, now_us, us_to_datetime
+from .exceptions import KernelflowError, RunFailedError, RunSuspended, TaskFailure
 from .reducer import RunState, apply
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -40,7 +40,9 @@ class Run:
         raise_on_failure: bool = True,
         parent_info: Mapping[str, Any] | None = None,
         masker: Any = None,
+        options: Mapping[str, Any] | None = None,
     ) -> None:
+        from .durable import Recorded
         from .secrets import Masker, Secrets
 
         self.run_id = run_id
@@ -69,6 +71,15 @@ class Run:
         self._on_done: list[Callable[[Run], None]] = []
         self._lock = threading.Lock()
         self.engine_error: BaseException | None = None
+        # Run options recorded in RunStarted: break_before, deterministic.
+        self.options: dict[str, Any] = dict(options or {})
+        self._resume: Any = None  # a resume plan (kernelflow.resume) when continuing a run
+        self._preset: Any = None  # outputs a fork reuses (kernelflow.resume)
+        self._recorded = Recorded()  # kf.now/random/remember/sleep results, by step and call
+        self._replaying = False
+        self._lease: Any = None
+        self._emit_lock = threading.Lock()
+        self._dropped: set[str] = set()
 
     # --- recording (the engine's only way to change state) -------------------
 
@@ -78,26 +89,34 @@ class Run:
         task_id: str | None = None,
         attempt: int | None = None,
         payload: Mapping[str, Any] = _EMPTY,
+        actor: Mapping[str, Any] | None = None,
     ) -> Event:
-        event = Event(
-            self.run_id,
-            self._seq,
-            now_us(),
-            type_,
-            self.workflow.name,
-            self.workflow.version,
-            task_id,
-            attempt,
-            payload,
-            self._actor,
-        )
-        # The store first: nothing may depend on an event the OS has not got.
-        self.store.append(event)
-        self._seq += 1
-        apply(self.state, event)
-        if self._observers:
-            self._unseen.append(event)
+        # Tasks record side effects from worker threads: seq must stay gapless.
+        with self._emit_lock:
+            event = Event(
+                self.run_id,
+                self._seq,
+                now_us(),
+                type_,
+                self.workflow.name,
+                self.workflow.version,
+                task_id,
+                attempt,
+                payload,
+                actor or self._actor,
+            )
+            # The store first: nothing may depend on an event the OS has not got.
+            self.store.append(event)
+            self._seq += 1
+            apply(self.state, event)
+            if self._observers:
+                self._unseen.append(event)
         return event
+
+    def _record_side_effect(self, ctx: Any, payload: Mapping[str, Any]) -> None:
+        """Called by kf.now/random/remember/sleep inside a task (any thread)."""
+        self._emit(SIDE_EFFECT_RECORDED, ctx.task_id, ctx.attempt, payload)
+        self._recorded.put(payload)
 
     def _notify(self) -> None:
         if not self._unseen:
@@ -137,8 +156,72 @@ class Run:
 
     @property
     def status(self) -> str:
-        """``pending``, ``running``, ``succeeded`` or ``failed``."""
+        """``pending``, ``running``, ``waiting`` (suspended at an approval gate or
+        breakpoint), ``succeeded`` or ``failed``."""
         return self.state.status
+
+    @property
+    def waiting(self) -> dict[str, dict[str, Any]]:
+        """Tasks waiting at an approval gate or breakpoint -> what they wait for."""
+        return self.state.waiting
+
+    def how_to_continue(self) -> str:
+        """What to do about a suspended run (the same text the run prints)."""
+        from .approvals import how_to_answer
+
+        waiting = [{"task": t, "kind": g.get("kind", "approval")} for t, g in self.waiting.items()]
+        return how_to_answer(self.run_id, waiting)
+
+    # --- durable execution -------------------------------------------------------
+
+    def resume(self, *, replace: Mapping[str, Any] | None = None, wait: bool = True) -> Run:
+        """Continue this run where it stopped (failed, interrupted, or paused at a
+        breakpoint): completed tasks keep their outputs and do not run again.
+        ``replace``: new values for the inputs of the task paused at a breakpoint.
+        Uses the workflow's current definition in this process (a fixed version
+        is fine). Updates and returns this handle."""
+        from .resume import resume
+
+        return resume(self.run_id, workflow=None, replace=replace, wait=wait,
+                      raise_on_failure=self.raise_on_failure, into=self)  # fmt: skip
+
+    def fork(self, from_step: str, *, wait: bool = True, **new_inputs: Any) -> Run:
+        """A new run that reuses this run's outputs of every step upstream of
+        ``from_step`` and runs the rest, with ``new_inputs`` replacing inputs.
+        The new run records this one as its parent (``forked_from``)."""
+        from .resume import fork
+
+        return fork(self.run_id, from_step, workflow=self.workflow, wait=wait, raise_on_failure=self.raise_on_failure, **new_inputs)
+
+    def replay(self) -> Any:
+        """Re-execute this finished run against its recorded history, without
+        repeating recorded side effects; returns a report of the first step whose
+        behaviour now differs (see :mod:`kernelflow.replay`)."""
+        from .replay import replay
+
+        return replay(self.run_id, workflow=self.workflow)
+
+    def at(self, point: Any) -> Any:
+        """The run as it was at ``point``: a ``seq`` (int), a time (datetime or
+        ISO text, UTC) or a step id (just after it finished). See docs/time-travel.md."""
+        from .snapshots import snapshot_at
+
+        return snapshot_at(self.store, self.run_id, point, self.workflow)
+
+    def step_inputs(self, task_id: str) -> dict[str, Any]:
+        """The arguments ``task_id`` is (or would be) called with, from the
+        outputs known now: inspect them at a breakpoint, change them, then
+        ``run.resume(replace={...})``."""
+        if task_id not in self.workflow:
+            raise KeyError(f"workflow {self.workflow.name!r} has no task {task_id!r}; tasks: {', '.join(self.workflow.task_ids)}")
+        task = self.workflow[task_id]
+        out: dict[str, Any] = {}
+        for p in task.params:
+            if p.name in task.deps:
+                out[p.name] = self[p.name]
+            elif p.name in self.inputs:
+                out[p.name] = self.inputs[p.name]
+        return out
 
     @property
     def done(self) -> bool:
@@ -150,7 +233,7 @@ class Run:
             raise KeyError(
                 f"workflow {self.workflow.name!r} has no task {task_id!r}; tasks: {', '.join(self.workflow.task_ids)}"
             )
-        if task_id in self._values:
+        if task_id in self._values and task_id not in self._dropped:
             return self._values[task_id]
         task = self.state.tasks.get(task_id)
         if task is None or task.status != "succeeded":
@@ -170,6 +253,8 @@ class Run:
     @property
     def output(self) -> Any:
         """The output of the final task, or ``{task: output}`` when several tasks are final."""
+        if self.status == "waiting":
+            raise KernelflowError(f"run {self.run_id} is waiting, so it has no output yet.\n{self.how_to_continue()}")
         if self.status != "succeeded":
             raise KernelflowError(
                 f"run {self.run_id} is {self.status}, so it has no output; "
@@ -257,6 +342,12 @@ class Run:
     def _raise_if_failed(self) -> None:
         if self.engine_error is not None:
             raise self.engine_error
+        if self.status == "waiting" and self.raise_on_failure:
+            from .watcher import batch_mode
+
+            if batch_mode():
+                # A batch process ends here, saying how to answer and go on.
+                raise RunSuspended(f"run {self.run_id} of workflow {self.workflow.name!r} is suspended, waiting.\n{self.how_to_continue()}")
         if self.status == "failed" and self.raise_on_failure:
             failures = [self.failures[t] for t in self.state.failed_tasks if t in self.failures]
             error = RunFailedError(self, failures, message=self._failure_message(failures))
@@ -277,6 +368,8 @@ class Run:
         duration = self.duration
         took = f" in {duration:.3f} s" if duration is not None else ""
         lines = [f"run {self.run_id} of {self.workflow.name} (version {self.workflow.version}): {self.status}{took}; {parts}"]
+        if self.status == "waiting":
+            lines.extend("  " + line for line in self.how_to_continue().splitlines())
         for tid in self.state.failed_tasks:
             err = self.state.tasks[tid].error or {}
             lines.append(f"  {tid}: {err.get('exc_type')}: {err.get('message')}")

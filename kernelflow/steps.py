@@ -44,16 +44,13 @@ RETRY_KEYS = ("retries", "max_attempts", "backoff", "retry_delay", "max_delay", 
 COMMON_KEYS = (
     "id", "run", "needs", "after", "input", "output", "when", "switch", "for_each", "back_to", "skip_to",
     "continue_on_failure", "fallback", "compensate", "circuit_breaker", "timeout", "on_timeout", "executor",
-    *RETRY_KEYS,
+    "approval", "sleep", *RETRY_KEYS,
 )  # fmt: skip
 KIND_KEYS = {
     "shell": ("argv", "shell", "cwd", "env", "inherit_env", "max_output", "stdin"),
     "http": ("method", "url", "headers", "json", "params", "max_body"),
 }
 ALL_KEYS = COMMON_KEYS + tuple(k for keys in KIND_KEYS.values() for k in keys)
-# Part of the product's vocabulary, built on durable execution; named so the
-# error says so instead of "unknown key".
-LATER_KEYS = {"sleep": "durable sleep steps", "approval": "approval gates"}
 
 
 class Locate(Protocol):
@@ -86,12 +83,6 @@ def canonical_keys(raw: Mapping[str, Any], locate: Locate, what: str) -> dict[st
         if not isinstance(key, str):
             raise DefinitionError(f"{what}: keys must be text, got {key!r}", location=locate(None))
         name = ALIASES.get(key, key)
-        if name in LATER_KEYS:
-            raise DefinitionError(
-                f"{what}: {LATER_KEYS[name]} ({key}:) are not available in this version of kernelflow",
-                location=locate(key),
-                hint="remove the key; until then, wait in a Python task or split the workflow in two",
-            )
         if name not in ALL_KEYS:
             # Suggest in the spelling the user writes: camelCase typos get the
             # camelCase alias (forEch -> forEach), others the canonical key (retrys -> retries).
@@ -110,11 +101,21 @@ def canonical_keys(raw: Mapping[str, Any], locate: Locate, what: str) -> dict[st
 
 def kind_of(run: Any, raw: Mapping[str, Any], has_function: bool, locate: Locate, what: str) -> tuple[str, str]:
     """(kind, ref) from the ``run:`` value."""
+    if "sleep" in raw:
+        if run is not None or has_function or "switch" in raw:
+            raise DefinitionError(
+                f"{what}: sleep is a step of its own and cannot also run something",
+                location=locate("sleep"),
+                hint="put the sleep in a separate step that the next one depends on (after: [...])",
+            )
+        return "sleep", ""
     if run is None:
         if "switch" in raw:
             return "switch", ""
         if has_function:
             return "python", ""
+        if "approval" in raw:
+            return "approval", ""
         raise DefinitionError(
             f"{what} has nothing to run",
             location=locate(None),
@@ -302,6 +303,11 @@ def _build_step(
             )
         subworkflow = (name, version or None)
         action = {"workflow": name, "version": version or None}
+    elif kind == "sleep":
+        try:
+            action = {"seconds": parse_duration(opts["sleep"], what="sleep")}
+        except ValueError as exc:
+            raise DefinitionError(f"{what}: {exc}", location=locate("sleep"), hint="sleep: 10m") from None
     elif kind == "shell":
         action = _shell_action(opts, locate, what)
     elif kind == "http":
@@ -374,6 +380,12 @@ def _build_step(
     if opts.get("circuit_breaker") not in (None, False):
         breaker = _circuit(opts["circuit_breaker"], f"{workflow_name}.{task_id}", locate, what)
 
+    approval = None
+    if opts.get("approval") is not None:
+        from .gates import parse_approval
+
+        gate_params = tuple(p.name for p in params) if kind == "python" and function is not None else None
+        approval = parse_approval(opts["approval"], locate, what, gate_params)
     options = _task_options(opts, needs, locate, what)
     if options.on_timeout == "fallback" and fallback is None:
         raise DefinitionError(
@@ -406,6 +418,8 @@ def _build_step(
                 input_refs.append(str(r.path[0]))
 
     scan(input_map, "input")
+    if approval is not None:
+        scan({k: approval.get(k) for k in ("message", "preview") if approval.get(k) and "{{" in approval[k]}, "approval")
     for k, v in action.items():
         scan(v, k if k in opts else kind)
     if output_map is not None:
@@ -480,6 +494,7 @@ def _build_step(
         fallback=fallback,
         compensate=compensate,
         circuit_breaker=breaker,
+        approval=approval,
         task_refs=tuple(dict.fromkeys(task_refs)),
         input_refs=tuple(dict.fromkeys(input_refs)),
     )

@@ -61,5 +61,19 @@ class EventStore(Protocol):
         """An exclusive lock, across processes, for appending to a run that no
         engine drives (dead letter actions on a finished run)."""
 
+    def lease(self, run_id: str) -> Any:
+        """The exclusive right to drive (append to) ``run_id``: an object with
+        ``release()``, or None if another driver holds it. Must be dropped
+        when the holding process dies (``flock`` in the folder store)."""
+
+    def lease_holder(self, run_id: str) -> Mapping[str, Any] | None:
+        """Who holds ``run_id``'s lease (pid, host, since), or None."""
+
+    @property
+    def answers(self) -> Any:
+        """Approval answers claimed by any process: ``claim(run_id, task,
+        iteration, answer) -> None | existing``, ``read(...)``, ``names(run_id)``
+        (see ``kernelflow.store.answers.Answers``)."""
+
     def close(self) -> None:
         """Release what the store holds in this process (files, threads)."""

@@ -128,9 +128,11 @@ async def _await(awaitable: Any) -> Any:
 
 def format_user_traceback(exc: BaseException) -> str:
     """The traceback from the user's code down, without our frames above it."""
+    from kernelflow.durable import WRAPPER_CODES
+
     tb = exc.__traceback__
-    # The first frame is run_attempt itself; the user's function starts below it.
-    if tb is not None and tb.tb_frame.f_code is run_attempt.__code__:
+    # The first frames are run_attempt and the context wrapper; the user's function starts below them.
+    while tb is not None and (tb.tb_frame.f_code is run_attempt.__code__ or tb.tb_frame.f_code in WRAPPER_CODES):
         tb = tb.tb_next
     return "".join(traceback.format_exception(type(exc), exc, tb))
 

@@ -439,7 +439,9 @@ ERRORS = [
     ("tasks:\n  - id: a\n    run: shell\n    argv: ls -l\n", r"argv must be a list of arguments, not a string", "cell line 5, column 11"),
     ("tasks:\n  - id: a\n    run: shell\n    shell: yes please\n    argv: ls\n", r"shell must be true or false", "cell line 5, column 12"),
     ("tasks:\n  - id: a\n    run: shel\n", r"run: 'shel' is not something kernelflow can run \(did you mean 'shell'\?\)", "cell line 4, column 10"),
-    ("tasks:\n  - id: a\n    run: shell\n    argv: [ls]\n    approval: {message: hi}\n", r"approval gates .* not available", "cell line 6, column 15"),
+    ("tasks:\n  - id: a\n    run: shell\n    argv: [ls]\n    approval: {mesage: hi}\n", r"approval has no key 'mesage' \(did you mean 'message'\?\)", "cell line 6, column 15"),
+    ("tasks:\n  - id: a\n    sleep: soon\n", r"sleep must be a duration", "cell line 4, column 12"),
+    ("tasks:\n  - id: a\n    run: shell\n    argv: [ls]\n    sleep: 1s\n", r"sleep is a step of its own", "cell line 6, column 12"),
     # model-level problems are placed at the step's line
     (
         "tasks:\n  - id: a\n    run: shell\n    argv: [ls]\n    needs: [b]\n  - id: b\n    run: shell\n    argv: [ls]\n    needs: [a]\n",

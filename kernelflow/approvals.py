@@ -1,0 +1,228 @@
+"""Answering approval gates from any process: ``kf.approve``, ``kf.reject``, ``kf.approvals``.
+
+An answer is claimed first (an exclusive file create, see
+``kernelflow.store.answers``), so of two people answering at once exactly one
+wins and the other is told who was first. Then the answer becomes the run's
+event: appended here when nobody drives the run (it is suspended), or by the
+driving process, which looks for answers while gates wait.
+"""
+
+from __future__ import annotations
+
+import difflib
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
+
+from . import events as ev
+from .events import Event, current_actor, now_us, us_to_datetime
+from .exceptions import KernelflowError
+from .reducer import fold
+
+if TYPE_CHECKING:  # pragma: no cover
+    import polars as pl
+
+    from .run import Run
+
+LEASE_WAIT_S = 3.0
+"""How long an answer waits for a driver that is just suspending to let go."""
+
+
+class ApprovalError(KernelflowError):
+    """An answer that cannot be given: unknown run or step, not waiting, already answered, expired."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What :func:`approve` / :func:`reject` recorded."""
+
+    run_id: str
+    task_id: str
+    decision: str
+    """``granted`` or ``rejected``."""
+    by: Mapping[str, Any]
+    answered_at: int
+    input: Mapping[str, Any] | None = None
+    reason: str | None = None
+    recorded: bool = False
+    """True if the answer's event is in the run already; False when the
+    process driving the run will record it (within a fraction of a second)."""
+    run: Run | None = None
+    """The run continuing in this process, when ``resume=True`` could resume it here."""
+
+    def __repr__(self) -> str:
+        who = self.by.get("name") or self.by.get("user")
+        return f"<Answer {self.decision} {self.run_id}/{self.task_id} by {who}>"
+
+
+def approve(run_id: str, step: str, *, by: str | None = None, comment: str | None = None, resume: bool = True, **input: Any) -> Answer:
+    """Grant the approval that ``step`` of run ``run_id`` waits for, with the
+    gate's input fields as keyword arguments. ``by`` names the approver
+    (default: the user running this process; host and pid are recorded too).
+
+    With ``resume`` (default) a suspended run whose code is loaded in this
+    process continues here in the background (``answer.run``); otherwise
+    ``kf.resume(run_id)`` or ``kernelflow resume RUN`` continues it.
+    """
+    return _answer(run_id, step, granted=True, by=by, comment=comment, reason=None, resume=resume, given=input)
+
+
+def reject(run_id: str, step: str, reason: str | None = None, *, by: str | None = None, resume: bool = True) -> Answer:
+    """Reject the approval that ``step`` of run ``run_id`` waits for, with a reason.
+    The step then fails (or is skipped, if its gate says ``on_reject: skip``)."""
+    return _answer(run_id, step, granted=False, by=by, comment=None, reason=reason, resume=resume, given={})
+
+
+def _answer(run_id: str, step: str, *, granted: bool, by: str | None, comment: str | None, reason: str | None,
+            resume: bool, given: Mapping[str, Any]) -> Answer:  # fmt: skip
+    from .gates import validate_input
+    from .store_access import open_store
+
+    store = open_store()
+    events = store.read_run(run_id) if isinstance(run_id, str) else []
+    if not events:
+        raise ApprovalError(f"no run {run_id!r} in the store at {store.location}; kf.approvals() lists the gates waiting")
+    state = fold(events, run_id)
+    task = state.tasks.get(step)
+    if task is None:
+        close = difflib.get_close_matches(str(step), list(state.tasks), n=1)
+        raise ApprovalError(
+            f"run {run_id} has no step {step!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+            + f"; steps: {', '.join(state.tasks)}"
+        )
+    gate = task.gate or {}
+    if task.status != "waiting" or gate.get("kind") != "approval":
+        if task.answer and task.answer.get("type") in ev.APPROVAL_ANSWERS:
+            raise ApprovalError(f"step {step!r} of run {run_id} was already answered: {describe(task.answer)}")
+        raise ApprovalError(
+            f"step {step!r} of run {run_id} is not waiting for approval (it is {task.status}); "
+            "kf.approvals() lists the gates waiting"
+        )
+    request = int(gate["seq"])  # each request is answered once; a re-asked gate is a new request
+    claimed = store.answers.read(run_id, step, request)
+    if claimed is not None:
+        raise ApprovalError(f"step {step!r} of run {run_id} was already answered: {describe_claim(claimed)}")
+    expires_at = gate.get("expires_at")
+    if expires_at is not None and expires_at <= now_us():
+        raise ApprovalError(
+            f"the approval of step {step!r} in run {run_id} expired at {us_to_datetime(expires_at):%Y-%m-%d %H:%M:%S} UTC "
+            f"(on_timeout: {gate.get('on_timeout', 'reject')}); resume the run to apply that outcome"
+        )
+    where = f"the approval of step {step!r} (run {run_id})"
+    json_input: dict[str, Any] = {}
+    if granted:
+        json_input, _ = validate_input(gate.get("input_schema"), given, where)
+    actor = dict(current_actor())
+    if by:
+        actor["name"] = str(by)
+    answered_at = now_us()
+    claim = {
+        "type": ev.APPROVAL_GRANTED if granted else ev.APPROVAL_REJECTED,
+        "by": actor,
+        "answered_at": answered_at,
+        **({"input": json_input, "comment": comment} if granted else {"reason": reason}),
+    }
+    first = store.answers.claim(run_id, step, request, claim)
+    if first is not None:
+        raise ApprovalError(f"step {step!r} of run {run_id} was already answered: {describe_claim(first)}")
+    recorded = _record_if_nobody_drives(store, run_id, step, claim)
+    answer = Answer(run_id, step, "granted" if granted else "rejected", actor, answered_at,
+                    json_input if granted else None, reason, recorded)  # fmt: skip
+    if resume and recorded:
+        run = _resume_here(run_id)
+        if run is not None:
+            answer = Answer(**{**answer.__dict__, "run": run})
+    return answer
+
+
+def _record_if_nobody_drives(store: Any, run_id: str, step: str, claim: Mapping[str, Any]) -> bool:
+    deadline = time.monotonic() + LEASE_WAIT_S
+    while True:
+        lease = store.lease(run_id)
+        if lease is not None:
+            break
+        if time.monotonic() >= deadline:
+            return False  # a live driver holds the run: it turns the claim into the event
+        time.sleep(0.05)
+    try:
+        events = store.read_run(run_id)
+        state = fold(events, run_id)
+        task = state.tasks.get(step)
+        if task is None or task.status != "waiting":
+            return task is not None and bool(task.answer)  # recorded meanwhile by the driver
+        type_, payload, actor = answer_event_from_claim(claim)
+        store.append(
+            Event(run_id, state.last_seq + 1, now_us(), type_, state.workflow, state.workflow_version,
+                  step, task.attempt + 1, payload, actor)  # fmt: skip
+        )
+        return True
+    finally:
+        lease.release()
+
+
+def _resume_here(run_id: str) -> Run | None:
+    """Continue a suspended run in the background if its code is loaded here."""
+    from .resume import ResumeError, resume
+
+    try:
+        return resume(run_id, wait=False, release_breakpoints=False)
+    except ResumeError:
+        return None
+
+
+def answer_event_from_claim(claim: Mapping[str, Any]) -> tuple[str, dict[str, Any], Mapping[str, Any] | None]:
+    """(event type, payload, actor) for a claimed answer."""
+    type_ = claim.get("type", ev.APPROVAL_GRANTED)
+    payload = {k: v for k, v in claim.items() if k != "type"}
+    return type_, payload, claim.get("by")
+
+
+def claim_expiry(store: Any, run_id: str, task_id: str, request: int, expires_at: int, outcome: str) -> dict[str, Any]:
+    """Claim the gate for its expiry; returns what holds the claim (an earlier answer wins)."""
+    claim = {"type": ev.APPROVAL_EXPIRED, "expires_at": expires_at, "outcome": outcome, "by": {"via": "timeout"}}
+    first = store.answers.claim(run_id, task_id, request, claim)
+    return first if first else claim
+
+
+def describe(answer: Mapping[str, Any]) -> str:
+    kind = answer.get("type")
+    by = answer.get("by") or {}
+    who = by.get("name") or by.get("user") or "?"
+    at = answer.get("answered_at") or answer.get("at")
+    when = f" at {us_to_datetime(at):%Y-%m-%d %H:%M:%S} UTC" if at else ""
+    if kind == ev.APPROVAL_GRANTED:
+        return f"granted by {who}{when}"
+    if kind == ev.APPROVAL_REJECTED:
+        return f"rejected by {who}{when}" + (f" ({answer.get('reason')})" if answer.get("reason") else "")
+    return f"expired at {us_to_datetime(answer['expires_at']):%Y-%m-%d %H:%M:%S} UTC (outcome {answer.get('outcome')})"
+
+
+describe_claim = describe
+
+
+def how_to_answer(run_id: str, waiting: list[Mapping[str, Any]]) -> str:
+    """The lines a suspended run prints: how to answer and how to continue."""
+    lines = []
+    for w in waiting:
+        if w["kind"] == "approval":
+            lines.append(
+                f"step {w['task']!r} waits for approval: kf.approve({run_id!r}, {w['task']!r}) or "
+                f"kf.reject({run_id!r}, {w['task']!r}, 'why'); from a shell: "
+                f"kernelflow approve {run_id} {w['task']} (or reject)"
+            )
+        else:
+            lines.append(
+                f"step {w['task']!r} is paused at a breakpoint: inspect run.step_inputs({w['task']!r}), "
+                "then run.resume() (or run.resume(replace={...}))"
+            )
+    lines.append(f"then continue with kf.resume({run_id!r}) or: kernelflow resume {run_id}")
+    return "\n".join(lines)
+
+
+def approvals(status: str | None = "pending") -> pl.DataFrame:
+    """Approval gates across runs (the ``approvals`` SQL view), newest first;
+    ``status``: ``pending`` (default), ``granted``, ``rejected``, ``expired`` or None for all."""
+    from .store_access import open_store
+
+    where = "" if status is None else " WHERE status = ?"
+    return open_store().sql(f"SELECT * FROM approvals{where} ORDER BY requested_at DESC", [] if status is None else [status])

@@ -1,0 +1,98 @@
+"""Suspended runs in an interactive session continue by themselves once answered.
+
+When a run in a notebook suspends at a gate, this process keeps a note of it
+(not the run: nothing is held but the run id and its gates). A daemon thread
+looks for answers every :data:`POLL_S` seconds — one directory listing per
+run — and for gates that expire, and resumes the run here when one comes,
+whether it was answered in this notebook, another one, a script or the CLI.
+Batch processes (``kernelflow run``, papermill with ``KERNELFLOW_BATCH_ID``)
+do not watch: they end, and ``kernelflow resume`` continues the run.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+from .events import now_us
+from .store.artifacts import safe_component
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .run import Run
+
+POLL_S = 0.5
+
+_lock = threading.Lock()
+_watched: dict[str, tuple[Any, dict[str, int], int | None]] = {}  # run_id -> (workflow, {answer file: 1}, earliest expiry)
+_thread: threading.Thread | None = None
+
+
+def batch_mode() -> bool:
+    """True in a batch run (``kernelflow run``, or ``$KERNELFLOW_BATCH_ID`` set)."""
+    return bool(os.environ.get("KERNELFLOW_BATCH_ID"))
+
+
+def watch_if_interactive(run: Run) -> None:
+    if batch_mode() or os.environ.get("KERNELFLOW_NO_WATCH"):
+        return
+    names = {}
+    expiry = None
+    for tid, gate in run.state.waiting.items():
+        if gate.get("kind") != "approval":
+            continue
+        names[f"{safe_component(tid)}.{int(gate['seq'])}.json"] = 1
+        if gate.get("expires_at") is not None:
+            expiry = gate["expires_at"] if expiry is None else min(expiry, gate["expires_at"])
+    if not names:
+        return  # breakpoints wait for the user's run.resume()
+    global _thread
+    with _lock:
+        _watched[run.run_id] = (run.workflow, names, expiry)
+        if _thread is None or not _thread.is_alive():
+            _thread = threading.Thread(target=_loop, name="kernelflow-gate-watcher", daemon=True)
+            _thread.start()
+
+
+def watched() -> list[str]:
+    """Run ids this process waits on."""
+    with _lock:
+        return list(_watched)
+
+
+def _loop() -> None:
+    import time
+
+    from .store_access import open_store
+
+    while True:
+        time.sleep(POLL_S)
+        with _lock:
+            items = list(_watched.items())
+        if not items:
+            continue
+        try:
+            store = open_store()
+        except Exception:  # noqa: BLE001 - the store moved away; try again later
+            continue
+        now = now_us()
+        for run_id, (workflow, names, expiry) in items:
+            present = set(store.answers.names(run_id))
+            if not (present & set(names)) and (expiry is None or expiry > now):
+                continue
+            with _lock:
+                _watched.pop(run_id, None)
+            _continue(run_id, workflow)
+
+
+def _continue(run_id: str, workflow: Any) -> None:
+    from .resume import ResumeError, resume
+
+    try:
+        resume(run_id, workflow=workflow, wait=False, release_breakpoints=False)
+    except ResumeError:
+        pass  # resumed elsewhere, or finished: nothing to do here
+    except Exception as exc:  # noqa: BLE001 - a background thread must not die silently
+        import warnings
+
+        warnings.warn(f"kernelflow could not continue run {run_id} after its approval: {exc}", RuntimeWarning, stacklevel=1)
