@@ -15,9 +15,12 @@ from __future__ import annotations
 from typing import Any
 
 from .api import history, plugin_names, sql, workflows
+from .approvals import approvals, approve, reject
+from .durable import context, now, random, remember, sleep
+from .resume import fork, resume
 from .circuits import circuit, circuits
 from .dead_letters import dlq
-from .decorators import for_each, task
+from .decorators import approval, for_each, task
 from .definitions import workflow
 from .engine import back_to, skip_to
 from .step_factories import http, shell, step, subworkflow, switch
@@ -63,20 +66,31 @@ __all__ = [
     "TaskOptions",
     "TaskState",
     "Workflow",
+    "approval",
+    "approvals",
+    "approve",
     "back_to",
     "circuit",
     "circuits",
+    "context",
     "dlq",
     "for_each",
+    "fork",
     "fold",
     "history",
     "hookimpl",
     "http",
     "load",
+    "now",
     "open_store",
     "plugin_names",
+    "random",
+    "reject",
+    "remember",
+    "resume",
     "shell",
     "skip_to",
+    "sleep",
     "sql",
     "step",
     "store_location",

@@ -405,7 +405,8 @@ class _Driver:
             self.fail_for_good(tid, state.attempt + 1, self.error_of(exc, "approval message: "), "error", exc)
             return
         timeout = gate.get("timeout")
-        expires_at = ev.now_us() + int(timeout * 1_000_000) if timeout else None
+        requested_at = ev.now_us()
+        expires_at = requested_at + int(timeout * 1_000_000) if timeout else None
         event = self.emit(
             ev.APPROVAL_REQUESTED,
             tid,
@@ -420,6 +421,7 @@ class _Driver:
                 "on_reject": gate.get("on_reject", "fail"),
                 "iteration": state.iteration,
             },
+            ts=requested_at,
         )
         self.gates[tid] = {"kind": "approval", "seq": event.seq, "expires_at": expires_at}
         self.next_poll = 0.0
@@ -512,6 +514,38 @@ class _Driver:
         self.emit(ev.RUN_SUSPENDED, payload={"waiting": waiting, "how": how_to_answer(self.run.run_id, waiting)})
         self.suspended = True
 
+    # --- replay (kernelflow.replay) ---------------------------------------------------------
+
+    def recorded_answer(self, tid: str, attempt: int) -> Mapping[str, Any] | None:
+        found = self.run._replay_source.next_answer(tid)
+        if found is None:
+            exc = StepFailed(f"step {tid!r} reached its approval gate, which the recorded run never answered")
+            self.emit(ev.TASK_STARTED, tid, attempt, {"executor": "replay"})
+            self.fail_for_good(tid, attempt, self.error_of(exc), "error", exc)
+            return None
+        self.emit(found.type, tid, attempt, found.payload, actor=found.actor)
+        return self.tasks_state[tid].answer
+
+    def replay_recorded(self, tid: str, attempt: int) -> None:
+        """A side-effect step: its recorded outcome, not a new call."""
+        self.emit(ev.TASK_STARTED, tid, attempt, {"executor": "replay"})
+        recorded = self.run._replay_source.state.tasks.get(tid)
+        if recorded is None or recorded.status != "succeeded":
+            status = recorded.status if recorded else "never ran"
+            exc = StepFailed(
+                f"step {tid!r} ({self.index[tid].spec.kind}) is a side effect; replay uses its recorded output, "
+                f"but it has none (recorded: {status})"
+            )
+            self.fail_for_good(tid, attempt, self.error_of(exc), "error", exc)
+            return
+        payload = {k: getattr(recorded, k) for k in ("output", "output_ref", "output_type")}
+        payload["stored"] = recorded.output_stored
+        value = self.run.store.load_artifact(recorded.output_ref) if recorded.output_ref else recorded.output
+        self.values[tid] = value
+        self.emit(ev.TASK_SUCCEEDED, tid, attempt, payload)
+        self.completed.append(tid)
+        self.done(tid)
+
     def sleep_until(self, tid: str, attempt: int, wake_at_us: int) -> None:
         left = 0.0 if self.run._replaying else max(0.0, (wake_at_us - ev.now_us()) / 1_000_000)
         self.counter += 1
@@ -585,6 +619,10 @@ class _Driver:
             return
         if spec.approval is not None:
             answer = state.answer if state.answer and state.answer["type"] in ev.APPROVAL_ANSWERS else None
+            if answer is None and self.run._replaying:
+                answer = self.recorded_answer(tid, attempt)
+                if answer is None:
+                    return
             if answer is None:
                 self.request_approval(tid)
                 return
@@ -592,6 +630,9 @@ class _Driver:
             if extra is None:
                 return  # rejected, expired or a pure gate: decided here
         executor_name = self.plan[tid][3]
+        if self.run._replaying and spec.kind in ("shell", "http", "workflow"):
+            self.replay_recorded(tid, attempt)
+            return
         if spec.kind == "sleep":
             self.emit(ev.TASK_STARTED, tid, attempt, {"executor": "engine"})
             seconds = float(spec.action["seconds"])
@@ -630,7 +671,7 @@ class _Driver:
         spec = task.spec
         meta: dict[str, Any] = {}
         breaker = spec.circuit_breaker
-        if breaker is not None:
+        if breaker is not None and not self.run._replaying:
             from .resilience import circuit_before
 
             decision, asked_at = circuit_before(self.run, tid, breaker)
@@ -939,7 +980,7 @@ class _Driver:
         retriable = options.retries_error(exc) if reason == "error" else True
         base = self.base_attempt(tid)
         if retriable and attempt - base <= options.retries:
-            delay = options.delay_before(attempt - base + 1, self.rng.random())
+            delay = 0.0 if self.run._replaying else options.delay_before(attempt - base + 1, self.rng.random())
             self.emit(
                 ev.TASK_RETRYING,
                 tid,

@@ -75,6 +75,23 @@ class PluginError(KernelflowError):
     """A plugin is missing, misnamed or broke its hook contract."""
 
 
+class RunNotFoundError(KernelflowError):
+    """No run with this id is in the store (``run_id`` and ``store`` say which)."""
+
+    def __init__(self, run_id: str, store: str):
+        self.run_id = run_id
+        self.store = store
+        super().__init__(
+            f"no run {run_id!r} in store {store}; list the runs there with kf.history() "
+            "(or SELECT run_id FROM runs), or point kf.use_store() at the store that ran it"
+        )
+
+
+class TimeTravelError(KernelflowError):
+    """A point in a run's history that does not exist: a seq out of range, a
+    time before the run started, a task it does not have or that never finished."""
+
+
 @dataclass(frozen=True)
 class TaskFailure:
     """What went wrong in one attempt of a task, in plain data (it is stored)."""

@@ -90,13 +90,14 @@ class Run:
         attempt: int | None = None,
         payload: Mapping[str, Any] = _EMPTY,
         actor: Mapping[str, Any] | None = None,
+        ts: int | None = None,
     ) -> Event:
         # Tasks record side effects from worker threads: seq must stay gapless.
         with self._emit_lock:
             event = Event(
                 self.run_id,
                 self._seq,
-                now_us(),
+                ts or now_us(),
                 type_,
                 self.workflow.name,
                 self.workflow.version,
