@@ -25,6 +25,11 @@ def load_ipython_extension(ipython: Any) -> None:
     if _plugin is None:
         _plugin = NotebookStatusPlugin(ipython)
         plugin_host.register(_plugin, name="kernelflow.notebook_status")
+    from kernelflow.recovery import notice
+
+    text = notice()
+    if text:
+        print(text)
 
 
 def unload_ipython_extension(ipython: Any) -> None:

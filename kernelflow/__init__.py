@@ -17,6 +17,7 @@ from typing import Any
 from .api import history, plugin_names, sql, workflows
 from .approvals import approvals, approve, reject
 from .durable import context, now, random, remember, sleep
+from .recovery import unfinished_runs
 from .resume import fork, resume
 from .circuits import circuit, circuits
 from .dead_letters import dlq
@@ -97,6 +98,7 @@ __all__ = [
     "subworkflow",
     "switch",
     "task",
+    "unfinished_runs",
     "use_store",
     "workflow",
     "workflows",

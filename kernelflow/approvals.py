@@ -163,9 +163,12 @@ def _record_if_nobody_drives(store: Any, run_id: str, step: str, claim: Mapping[
 def _resume_here(run_id: str) -> Run | None:
     """Continue a suspended run in the background if its code is loaded here."""
     from .resume import ResumeError, resume
+    from .watcher import forget
 
+    handle = forget(run_id)
     try:
-        return resume(run_id, wait=False, release_breakpoints=False)
+        return resume(run_id, wait=False, release_breakpoints=False, into=handle,
+                      raise_on_failure=handle.raise_on_failure if handle is not None else True)  # fmt: skip
     except ResumeError:
         return None
 

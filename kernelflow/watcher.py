@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from .events import now_us
@@ -24,7 +25,9 @@ if TYPE_CHECKING:  # pragma: no cover
 POLL_S = 0.5
 
 _lock = threading.Lock()
-_watched: dict[str, tuple[Any, dict[str, int], int | None]] = {}  # run_id -> (workflow, {answer file: 1}, earliest expiry)
+# run_id -> (the user's Run handle, weakly: it is updated in place when the run goes on;
+#            the workflow; {answer file: 1}; earliest expiry)
+_watched: dict[str, tuple[Any, Any, dict[str, int], int | None]] = {}
 _thread: threading.Thread | None = None
 
 
@@ -48,10 +51,17 @@ def watch_if_interactive(run: Run) -> None:
         return  # breakpoints wait for the user's run.resume()
     global _thread
     with _lock:
-        _watched[run.run_id] = (run.workflow, names, expiry)
+        _watched[run.run_id] = (weakref.ref(run), run.workflow, names, expiry)
         if _thread is None or not _thread.is_alive():
             _thread = threading.Thread(target=_loop, name="kernelflow-gate-watcher", daemon=True)
             _thread.start()
+
+
+def forget(run_id: str) -> Run | None:
+    """Stop watching ``run_id`` (someone continues it); returns the user's handle if alive."""
+    with _lock:
+        entry = _watched.pop(run_id, None)
+    return entry[0]() if entry is not None else None
 
 
 def watched() -> list[str]:
@@ -76,20 +86,21 @@ def _loop() -> None:
         except Exception:  # noqa: BLE001 - the store moved away; try again later
             continue
         now = now_us()
-        for run_id, (workflow, names, expiry) in items:
+        for run_id, (handle, workflow, names, expiry) in items:
             present = set(store.answers.names(run_id))
             if not (present & set(names)) and (expiry is None or expiry > now):
                 continue
             with _lock:
                 _watched.pop(run_id, None)
-            _continue(run_id, workflow)
+            _continue(run_id, workflow, handle())
 
 
-def _continue(run_id: str, workflow: Any) -> None:
+def _continue(run_id: str, workflow: Any, run: Run | None) -> None:
     from .resume import ResumeError, resume
 
     try:
-        resume(run_id, workflow=workflow, wait=False, release_breakpoints=False)
+        resume(run_id, workflow=workflow, wait=False, release_breakpoints=False,
+               raise_on_failure=run.raise_on_failure if run is not None else True, into=run)  # fmt: skip
     except ResumeError:
         pass  # resumed elsewhere, or finished: nothing to do here
     except Exception as exc:  # noqa: BLE001 - a background thread must not die silently

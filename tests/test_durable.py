@@ -413,3 +413,17 @@ def test_deterministic_mode_runs_one_task_at_a_time_in_order() -> None:
     assert starts == list(wf.order)
     assert run.store.read_run(run.run_id)[0].payload["deterministic"] is True
     assert run.store.read_run(run.run_id)[0].payload["max_parallel"] == 1
+
+
+def test_a_waiting_run_in_an_interactive_session_goes_on_when_answered_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KERNELFLOW_NO_WATCH")
+    wf = compile_cell("gated", GATED, {})
+    run = wf.run()
+    assert run.status == "waiting"
+    out = subprocess.run(
+        [sys.executable, "-m", "kernelflow", "approve", run.run_id, "publish", "-i", "table", "w"], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    wait_for(lambda: run.status == "succeeded", what="the watcher to continue the run")  # the user's own handle
+    run.wait(10)
+    assert run["publish"]["table"] == "w"
