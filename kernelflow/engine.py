@@ -951,7 +951,11 @@ class _Driver:
             if problem is not None:
                 self.fail_for_good(tid, attempt, self.error_of(problem), "error", problem)
                 return
-        payload = _NONE_OUTPUT if value is None else _output_payload(self.run, tid, attempt, value)
+        try:
+            payload = _NONE_OUTPUT if value is None else _output_payload(self.run, tid, attempt, value)
+        except UnstorableOutputError as exc:
+            self.fail_for_good(tid, attempt, self.error_of(exc), "error", exc)
+            return
         if fallback:
             payload = {**payload, "fallback": fallback}
         self.values[tid] = value
@@ -1200,6 +1204,10 @@ class _Driver:
         return {"exc_type": type(exc).__name__, "message": mask(prefix + str(exc)), "traceback": mask(traceback)}
 
 
+class UnstorableOutputError(StepFailed):
+    """A task returned a value the store cannot keep (not picklable, not a table)."""
+
+
 class ApprovalRejected(StepFailed):
     """An approval gate was rejected (or expired with a failing outcome)."""
 
@@ -1270,21 +1278,9 @@ def _output_payload(run: Run, tid: str, attempt: int, value: Any) -> dict[str, A
         value = masker.value(value)  # what can be masked is; docs/control-flow.md#secrets says what cannot
     try:
         ref = run.store.save_artifact(run.run_id, tid, attempt, value)
-    except Exception as exc:  # noqa: BLE001 - an unstorable output must not fail a task that worked
-        warnings.warn(
-            f"run {run.run_id}: the output of task {tid!r} ({kind.__name__}) cannot be stored: {str(exc).rstrip('.')}. "
-            "It was passed to dependent tasks, but it cannot be loaded from the store later; "
-            "return picklable values (or polars/pyarrow tables) to keep it.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return {
-            "output": None,
-            "output_ref": None,
-            "output_type": kind.__name__,
-            "stored": False,
-            "output_repr": masker.text(repr(value)[:200]),
-        }
+    except TypeError as exc:
+        # Losing an output silently would break resume, fork and time travel later.
+        raise UnstorableOutputError(f"task {tid!r} returned a value that cannot be stored: {exc}") from None
     return {"output": None, "output_ref": dict(ref), "output_type": kind.__name__, "stored": True}
 
 

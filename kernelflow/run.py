@@ -79,7 +79,6 @@ class Run:
         self._replaying = False
         self._lease: Any = None
         self._emit_lock = threading.Lock()
-        self._dropped: set[str] = set()
 
     # --- recording (the engine's only way to change state) -------------------
 
@@ -130,6 +129,10 @@ class Run:
                 self._drop_observer(observer, exc)
 
     def _finish(self) -> None:
+        # Outputs kept as artifacts leave memory with the run; run[task] loads them again.
+        for tid, task in self.state.tasks.items():
+            if task.output_ref and tid in self._values:
+                del self._values[tid]
         self._notify()
         for observer in list(self._observers):
             try:
@@ -234,7 +237,7 @@ class Run:
             raise KeyError(
                 f"workflow {self.workflow.name!r} has no task {task_id!r}; tasks: {', '.join(self.workflow.task_ids)}"
             )
-        if task_id in self._values and task_id not in self._dropped:
+        if task_id in self._values:
             return self._values[task_id]
         task = self.state.tasks.get(task_id)
         if task is None or task.status != "succeeded":

@@ -52,7 +52,10 @@ def serialise(value: Any) -> tuple[str, bytes]:
         pq.write_table(value, buf, compression="zstd")
         return "arrow", buf.getvalue()
     try:
-        return "pickle", pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        # cloudpickle: classes and functions defined in a notebook are saved by value, so they load again.
+        import cloudpickle
+
+        return "pickle", cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:  # PicklingError, TypeError, AttributeError (lambdas, locks, ...)
         kind = f"{type(value).__module__}.{type(value).__qualname__}"
         raise TypeError(

@@ -222,14 +222,31 @@ def test_rich_outputs_become_artifacts_and_load_back():
     assert run.store.load_artifact(state.tasks["pair"].output_ref) == (1, 2)  # a tuple is not JSON: pickled
 
 
-def test_unstorable_output_warns_and_the_run_goes_on():
+def test_an_unstorable_output_fails_its_task_with_a_clear_error():
     wf, _ = define("gen", "def a():\n    return (i for i in range(3))\ndef b(a):\n    return sum(a)\n")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        run = wf.run()
-    assert run.output == 3
-    assert any("output of task 'a' (generator) cannot be stored" in str(w.message) for w in caught)
-    assert run.state.tasks["a"].output_stored is False
+    run = wf.run(raise_on_failure=False)
+    assert run.status == "failed" and run.state.tasks["b"].status == "skipped"
+    error = run.state.tasks["a"].error
+    assert error["exc_type"] == "UnstorableOutputError"
+    assert error["message"].startswith("task 'a' returned a value that cannot be stored: cannot store a value of type builtins.generator")
+    assert "Return plain data" in error["message"]
+
+
+def test_outputs_stored_as_artifacts_leave_memory_when_the_run_ends():
+    wf, _ = define("big", "import polars as pl\ndef table():\n    return pl.DataFrame({'x': list(range(1000))})\ndef n(table):\n    return table.height\n")
+    run = wf.run()
+    assert "table" not in run._values and run._values["n"] == 1000  # inline values stay
+    assert run["table"]["x"].sum() == sum(range(1000))  # loaded from the store
+
+
+def test_notebook_classes_are_stored_by_value_and_load_again():
+    from kernelflow.cell_compiler import compile_cell
+
+    wf = compile_cell("point", "class Point:\n    def __init__(self, x):\n        self.x = x\ndef p():\n    return Point(3)\n", {"__name__": "__main__"})
+    run = wf.run()
+    ref = fold(run.store.read_run(run.run_id)).tasks["p"].output_ref
+    loaded = run.store.load_artifact(ref)
+    assert type(loaded).__name__ == "Point" and loaded.x == 3
 
 
 class _Recorder:
