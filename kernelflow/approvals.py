@@ -167,7 +167,7 @@ def _resume_here(run_id: str) -> Run | None:
 
     handle = forget(run_id)
     try:
-        return resume(run_id, wait=False, release_breakpoints=False, into=handle,
+        return resume(run_id, wait=False, release_breakpoints=False, into=handle, only_if="waiting",
                       raise_on_failure=handle.raise_on_failure if handle is not None else True)  # fmt: skip
     except ResumeError:
         return None
@@ -189,6 +189,8 @@ def claim_expiry(store: Any, run_id: str, task_id: str, request: int, expires_at
 
 def describe(answer: Mapping[str, Any]) -> str:
     kind = answer.get("type")
+    if kind not in ev.APPROVAL_ANSWERS:
+        return "by another process a moment ago"
     by = answer.get("by") or {}
     who = by.get("name") or by.get("user") or "?"
     at = answer.get("answered_at") or answer.get("at")

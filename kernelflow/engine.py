@@ -614,6 +614,10 @@ class _Driver:
         state = self.tasks_state[tid]
         attempt = state.attempt + 1
         extra: dict[str, Any] | None = None
+        if self.run._replaying and state.replaced is None:
+            released = self.run._replay_source.next_release(tid)
+            if released is not None:  # the run went on with replaced inputs: so does its replay
+                self.emit(ev.BREAKPOINT_RELEASED, tid, attempt, released.payload, actor=released.actor)
         if tid in self.break_before and state.replaced is None and not self.run._replaying:
             self.hit_breakpoint(tid)
             return

@@ -191,18 +191,29 @@ class _RecordedRun:
     def __init__(self, events: list[ev.Event], state: RunState) -> None:
         self.state = state
         self.answers: dict[str, list[ev.Event]] = {}
+        self.releases: dict[str, list[ev.Event]] = {}
         for e in events:
             if e.type in ev.APPROVAL_ANSWERS and e.task_id:
                 self.answers.setdefault(e.task_id, []).append(e)
-        self._used: dict[str, int] = {}
+            elif e.type == ev.BREAKPOINT_RELEASED and e.task_id:
+                self.releases.setdefault(e.task_id, []).append(e)
+        self._used: dict[tuple[str, str], int] = {}
+
+    def _next(self, kind: str, found: dict[str, list[ev.Event]], task_id: str) -> ev.Event | None:
+        n = self._used.get((kind, task_id), 0)
+        recorded = found.get(task_id, [])
+        if n >= len(recorded):
+            return None
+        self._used[(kind, task_id)] = n + 1
+        return recorded[n]
 
     def next_answer(self, task_id: str) -> ev.Event | None:
-        n = self._used.get(task_id, 0)
-        answers = self.answers.get(task_id, [])
-        if n >= len(answers):
-            return None
-        self._used[task_id] = n + 1
-        return answers[n]
+        """The recorded answers to the task's gate, in order."""
+        return self._next("answer", self.answers, task_id)
+
+    def next_release(self, task_id: str) -> ev.Event | None:
+        """The recorded breakpoint releases (with replaced inputs), in order."""
+        return self._next("release", self.releases, task_id)
 
 
 def compare(store: Any, shadow: ReplayStore, rec_events: list[ev.Event], rec: RunState,

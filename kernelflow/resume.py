@@ -110,6 +110,7 @@ def resume(
     raise_on_failure: bool = True,
     release_breakpoints: bool = True,
     into: Run | None = None,
+    only_if: str | None = None,
 ) -> Run:
     """Continue run ``run_id`` where it stopped; returns its :class:`Run`.
 
@@ -118,6 +119,7 @@ def resume(
     inputs of the task paused at a breakpoint (``{"param": value}``).
     ``workflow``: the code to continue with (default: the definition of the
     same name in this process, which may be a fixed, newer version).
+    ``only_if``: resume only a run in this status (else :class:`ResumeError`).
     """
     from .api import prepare_run, start_run
     from .store_access import open_store
@@ -134,6 +136,8 @@ def resume(
         )
     try:
         events, state = load_history(store, run_id)  # again: it may have moved before we held it
+        if only_if is not None and state.status != only_if:
+            raise ResumeError(f"run {run_id} is {state.status}, not {only_if}; left as it is")
         if state.status == "succeeded":
             raise ResumeError(
                 f"run {run_id} already succeeded; there is nothing to resume. "
@@ -169,6 +173,9 @@ def resume(
         run._recorded = Recorded.from_events(events)
         run._resume = ResumePlan(events, state, replace, release_breakpoints)
         run._lease = lease
+        from .watcher import forget
+
+        forget(run_id)  # continued here: a notebook watching it must not continue it again
     except BaseException:
         lease.release()
         raise

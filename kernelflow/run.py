@@ -199,11 +199,12 @@ class Run:
 
     def replay(self) -> Any:
         """Re-execute this finished run against its recorded history, without
-        repeating recorded side effects; returns a report of the first step whose
-        behaviour now differs (see :mod:`kernelflow.replay`)."""
+        repeating recorded side effects, with the workflow's current definition
+        in this process (as :meth:`resume` does); returns a report of the first
+        step whose behaviour now differs (see :mod:`kernelflow.replay`)."""
         from .replay import replay
 
-        return replay(self.run_id, workflow=self.workflow)
+        return replay(self.run_id)
 
     def at(self, point: Any) -> Any:
         """The run as it was at ``point``: a ``seq`` (int), a time (datetime or

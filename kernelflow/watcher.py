@@ -99,7 +99,7 @@ def _continue(run_id: str, workflow: Any, run: Run | None) -> None:
     from .resume import ResumeError, resume
 
     try:
-        resume(run_id, workflow=workflow, wait=False, release_breakpoints=False,
+        resume(run_id, workflow=workflow, wait=False, release_breakpoints=False, only_if="waiting",
                raise_on_failure=run.raise_on_failure if run is not None else True, into=run)  # fmt: skip
     except ResumeError:
         pass  # resumed elsewhere, or finished: nothing to do here

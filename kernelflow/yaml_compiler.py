@@ -670,6 +670,9 @@ def _from_root(
             raise
         location = executor_location if "executor" in exc.message else fallback_location
         raise _relocated(exc, location) from None
+    from . import catalog
+
+    catalog.remember(wf)  # resume, replay and sub-workflow calls find it by name
     return wf
 
 

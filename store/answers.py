@@ -1,9 +1,9 @@
-"""Answers to approval gates, claimed with an exclusive create.
+"""Answers to approval gates, claimed with an exclusive link.
 
 Anyone may answer a gate — the notebook that waits, another notebook, a
 script, the CLI — but only the first answer counts. Each answer is first
-*claimed* by creating ``answers/<run_id>/<task>.<request seq>.json`` with
-``O_EXCL``: the file system picks exactly one winner among any number of
+*claimed* by linking ``answers/<run_id>/<task>.<request seq>.json`` into
+place (``link()`` refuses an existing name): the file system picks exactly one winner among any number of
 processes. The claim holds the answer (who, when, what); whoever drives the
 run turns it into the run's ``Approval*`` event, so ``seq`` stays the driver's
 to number. Expiry claims the same file, so a late approval loses to it.
@@ -38,16 +38,21 @@ class Answers:
         path = self.path(run_id, task_id, request)
         path.parent.mkdir(parents=True, exist_ok=True)
         data = orjson.dumps(dict(answer))
+        # Written whole under a private name, then linked into place: link()
+        # fails if the name exists, so exactly one claim wins and nobody ever
+        # reads half of one.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if self._fsync:
+                f.flush()
+                os.fsync(f.fileno())
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.link(tmp, path)
         except FileExistsError:
             return self.read(run_id, task_id, request) or {}
-        try:
-            os.write(fd, data)
-            if self._fsync:
-                os.fsync(fd)
         finally:
-            os.close(fd)
+            os.unlink(tmp)
         return None
 
     def read(self, run_id: str, task_id: str, request: int) -> dict[str, Any] | None:
@@ -65,6 +70,6 @@ class Answers:
     def names(self, run_id: str) -> list[str]:
         """File names of the claims for one run (a cheap poll: one directory listing)."""
         try:
-            return os.listdir(self.folder / safe_component(run_id))
+            return [n for n in os.listdir(self.folder / safe_component(run_id)) if not n.startswith(".")]
         except FileNotFoundError:
             return []

@@ -397,7 +397,7 @@ def test_replay_reports_the_first_task_that_now_differs() -> None:
     same = run.replay()
     assert same.ok and not same.version_changed and calls == [1]
     changed = compile_cell("rp", src.replace("fetch + 1", "fetch - 1"), ns)
-    report = kf.replay.replay(run.run_id, workflow=changed)
+    report = run.replay()  # with the current definition: the changed one
     assert report.version_changed and not report.ok
     assert (report.first.task, report.first.kind) == ("add", "output")
     assert [d.task for d in report.differences] == ["add", "label"]
