@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .api import history, plugin_names, sql, workflows
+from .api import diff, history, plugin_names, sql, workflows
 from .approvals import approvals, approve, reject
 from .durable import context, now, random, remember, sleep
 from .recovery import unfinished_runs
@@ -74,6 +74,7 @@ __all__ = [
     "circuit",
     "circuits",
     "context",
+    "diff",
     "dlq",
     "for_each",
     "fork",

@@ -232,10 +232,18 @@ def history(limit: int = 20) -> pl.DataFrame:
     )
 
 
+def diff(run_a: Any, run_b: Any) -> pl.DataFrame:
+    """Per-task differences between two runs (``Run`` objects or run ids):
+    status, duration and output side by side (see docs/time-travel.md)."""
+    from .diffs import diff_runs
+
+    return diff_runs(open_store(), run_a, run_b)
+
+
 def plugin_names() -> list[str]:
     """Names of the registered plugins."""
     pm = get_plugin_manager()
     return sorted(name for name, _ in pm.list_name_plugin())
 
 
-__all__ = ["check_executors", "check_inputs", "history", "new_run_id", "plugin_names", "run_workflow", "sql", "workflows"]
+__all__ = ["check_executors", "check_inputs", "diff", "history", "new_run_id", "plugin_names", "run_workflow", "sql", "workflows"]
