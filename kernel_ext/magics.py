@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 from typing import Any
 
@@ -114,14 +115,42 @@ class KernelflowMagics(Magics):
     @argument("-o", "--output", default=None, help="also bind the result to this variable")
     @cell_magic
     def kfsql(self, line: str, cell: str) -> Any:
-        """Query the kernelflow store with SQL; the result is a polars DataFrame."""
+        """Query the kernelflow store with SQL; the result is a polars DataFrame.
+
+        ``$name`` in the query (outside quotes and comments) is a parameter
+        bound to the notebook variable ``name``: ``state_at($run_id, 12)``.
+        Values are passed to DuckDB as parameters, never pasted into the SQL.
+        """
         import kernelflow as kf
 
         try:
             args = parse_argstring(self.kfsql, line)
         except UsageError as exc:
             raise OptionError(str(exc), location="cell line 1", hint="usage: %%kfsql [-o NAME]") from None
-        result = kf.sql(cell)
+        params = {}
+        for name in sql_parameter_names(cell):
+            if name not in self.shell.user_ns:
+                raise OptionError(
+                    f"the query uses ${name}, but the notebook has no variable {name!r}",
+                    hint=f"set {name} = ... in a cell before this one (each $name is bound to the notebook's variable)",
+                )
+            params[name] = self.shell.user_ns[name]
+        result = kf.sql(cell, params or None)
         if args.output:
             self.shell.user_ns[args.output] = result
         return result
+
+
+_SQL_SKIP = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|\$\$.*?\$\$", re.DOTALL)
+_SQL_PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def sql_parameter_names(query: str) -> list[str]:
+    """The ``$name`` parameters of ``query``, in order of first use, skipping
+    string literals (``'$.path'``), quoted identifiers, comments and ``$$`` strings."""
+    names: list[str] = []
+    for part in _SQL_SKIP.split(query):
+        for name in _SQL_PARAM.findall(part):
+            if name not in names:
+                names.append(name)
+    return names

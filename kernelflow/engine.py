@@ -451,6 +451,9 @@ class _Driver:
         who = by.get("name") or by.get("user") or "someone"
         if kind == ev.APPROVAL_GRANTED or outcome == "approve":
             data = dict(answer.get("input") or {})
+            if outcome == "approve":  # nobody filled the form: the declared defaults
+                fields = (gate.get("input") or {}).get("fields") or {}
+                data = {name: f["default"] for name, f in fields.items() if "default" in f}
             model = _model((gate.get("input") or {}).get("model"))
             value: Any = data
             if model is not None:

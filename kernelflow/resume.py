@@ -347,6 +347,14 @@ def fork(run_id: str, from_step: str, *, workflow: Workflow | None = None, wait:
         if not t.output_stored and t.output is None and not t.output_ref:
             pass  # a None output is stored inline as None
         outputs[tid] = {"output": t.output, "output_ref": t.output_ref, "output_type": t.output_type, "stored": t.output_stored}
+    declared = {i.name for i in wf.inputs}
+    unknown = [k for k in new_inputs if k not in declared]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(declared), n=1)
+        raise InputError(
+            f"workflow {wf.name!r} has no input {unknown[0]!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+            + f"; its inputs: {', '.join(sorted(declared)) or 'none'}"
+        )
     inputs = stored_inputs(store, started, run_id)
     changed = {k for k, v in new_inputs.items() if k not in inputs or inputs[k] != v}
     readers = {

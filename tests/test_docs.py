@@ -43,3 +43,11 @@ def test_every_hook_has_a_docstring_and_is_documented_with_its_signature(name: s
     assert spec.__doc__ and len(spec.__doc__.split()) > 10, f"{name} needs a docstring saying when it is called and what it returns"
     params = ", ".join(inspect.signature(spec).parameters)
     assert f"`{name}({params})`" in (DOCS / "plugins.md").read_text(), f"docs/plugins.md must list `{name}({params})`"
+
+
+def test_every_event_type_is_documented():
+    from kernelflow import events as ev
+
+    text = (DOCS / "events.md").read_text()
+    missing = [t for t in ev.EVENT_TYPES if f"`{t}`" not in text]
+    assert missing == [], f"docs/events.md does not describe {missing}"

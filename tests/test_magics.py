@@ -105,6 +105,30 @@ def test_kfsql_returns_polars_and_can_bind(ip):
     assert df.filter(pl.col("workflow") == "etl")["runs"][0] >= 1
 
 
+def test_kfsql_binds_dollar_names_to_notebook_variables(ip):
+    ip.user_ns["kf"] = kf
+    ip.run_cell(f"%%workflow etl\n{ETL}")
+    run = ip.run_line_magic("workflow", "run etl")
+    ip.user_ns["run_id"] = run.run_id
+    ip.user_ns["seq"] = 3
+    df = ip.run_cell_magic(
+        "kfsql", "",
+        "-- $not_a_parameter in a comment\n"
+        "SELECT task_id, status, json_extract_string('{\"a\": 1}', '$.a') AS a\n"
+        "FROM state_at($run_id, $seq) ORDER BY task_id",
+    )  # fmt: skip
+    assert df.rows() == [("double", "pending", "1"), ("extract", "succeeded", "1")]
+    # The value is a parameter, not pasted into the SQL: quotes in it are harmless.
+    ip.user_ns["run_id"] = "r-x' OR '1'='1"
+    assert ip.run_cell_magic("kfsql", "", "SELECT count(*) AS n FROM runs WHERE run_id = $run_id").item() == 0
+
+
+def test_kfsql_names_an_undefined_dollar_variable(ip):
+    result = ip.run_cell("%%kfsql\nSELECT * FROM state_at($no_such_run_var, 1)")
+    assert isinstance(result.error_in_exec, kf.OptionError)
+    assert "no variable 'no_such_run_var'" in str(result.error_in_exec)
+
+
 def test_errors_render_without_our_internals(ip):
     err = kf.DefinitionError("boom", location="cell line 3", hint="do X")
     assert err._render_traceback_() == ["DefinitionError: cell line 3: boom\n  fix: do X"]

@@ -549,6 +549,69 @@ def test_16_deferred_choice_partly_the_environment_decides_while_the_run_waits(m
     assert_clean_end(run)
 
 
+GATED_DEFERRED_CELL = '''
+@kf.approval("Paid or cancelled?", input={"event": str})
+def customer(event):
+    return event
+
+def ship(customer):
+    return "shipped"
+
+def refund(customer):
+    return "refunded"
+
+decide = kf.switch("{{tasks.customer.output}}", cases={"paid": ship, "cancelled": refund})
+'''
+
+
+@pytest.mark.parametrize(("first", "second", "outcome"), [("paid", "cancelled", "shipped"), ("cancelled", "paid", "refunded")])
+def test_16_deferred_choice_partly_a_durable_gate_takes_the_first_answer(first, second, outcome):
+    from kernelflow.approvals import ApprovalError
+
+    wf = compile_cell("p16_gate", GATED_DEFERRED_CELL, {"kf": kf})
+    run = wf.run()
+    assert run.status == "waiting" and statuses(run)["decide"] == "pending"  # both branches still possible
+    assert kf.open_store().lease_holder(run.run_id) is None  # suspended: no process holds the run
+    kf.approve(run.run_id, "customer", event=first)
+    with pytest.raises(ApprovalError, match="already answered"):
+        kf.approve(run.run_id, "customer", event=second)  # the environment's other event is too late
+    run.wait(10)
+    assert run["decide"] == outcome
+    assert [p["case"] for p in payloads(run, "SwitchMatched", "decide")] == [first]
+    assert seq(run, "ApprovalGranted", "customer") < seq(run, "SwitchMatched", "decide")
+    assert_clean_end(run)
+
+
+# --- 23: triggers -----------------------------------------------------------------------------------------
+
+
+def test_23_transient_trigger_partly_a_trigger_before_the_gate_waits_is_lost():
+    from kernelflow.approvals import ApprovalError
+
+    outcome = {}
+
+    def prepare():
+        try:
+            kf.approve(kf.context().run_id, "dispatch")
+        except ApprovalError as err:
+            outcome["early"] = str(err)
+        return "ready"
+
+    @kf.approval("Dispatch?")
+    def dispatch(prepare):
+        return "dispatched"
+
+    run = kf.workflow("p23_transient", [prepare, dispatch]).run()
+    assert "is not waiting for approval" in outcome["early"]
+    assert run.status == "waiting" and statuses(run)["dispatch"] == "waiting"
+    assert not payloads(run, "ApprovalGranted")  # the early trigger left nothing behind
+    kf.approve(run.run_id, "dispatch")
+    run.wait(10)
+    assert run.output == "dispatched"
+    assert seq(run, "ApprovalRequested", "dispatch") < seq(run, "ApprovalGranted", "dispatch")
+    assert_clean_end(run)
+
+
 # --- 19-21: cancellation and loops ---------------------------------------------------------------------
 
 

@@ -104,3 +104,90 @@ def test_the_control_flow_notebook_runs_top_to_bottom(tmp_path, kernel_env):
     assert [w for w, s in runs if s != "succeeded"] == ["booking"]
     child = store.sql("SELECT payload FROM events WHERE type = 'RunStarted' AND workflow = 'shipping'")
     assert json.loads(child["payload"][0])["parent_task"] == "ship"
+
+
+TIME_TRAVEL = ROOT / "notebooks" / "03-time-travel.ipynb"
+
+
+def _last_dict(text: str) -> dict:
+    """The last printed line that is a dict literal (the notebook's `calls` counter)."""
+    return ast.literal_eval(next(line for line in reversed(text.splitlines()) if line.startswith("{")))
+
+
+def test_the_time_travel_notebook_is_saved_clean():
+    nb = nbformat.read(TIME_TRAVEL, as_version=4)
+    nbformat.validate(nb)
+    assert nb.nbformat == 4
+    assert nb.metadata.kernelspec.name == "python3"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.outputs == [] and c.execution_count is None for c in code)
+    assert code[0].source.startswith("%load_ext kernelflow")
+    assert TIME_TRAVEL.stat().st_size < 30_000
+    sources = "\n".join(c.source for c in code)
+    for needle in ("%%kfsql", "state_at($run_id", "run.at(", "run.resume()", "@kf.approval(", "kf.approve(",
+                   "run.replay()", "kf.remember(", "FROM approvals"):  # fmt: skip
+        assert needle in sources, needle
+    assert sum(c.source.startswith("%%workflow readings") for c in code) == 2  # defined, then fixed
+    assert sum(c.cell_type == "markdown" for c in nb.cells) >= 10
+
+
+@pytest.mark.slow
+def test_the_time_travel_notebook_runs_top_to_bottom(tmp_path, kernel_env):
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    copy = workdir / TIME_TRAVEL.name
+    shutil.copy(TIME_TRAVEL, copy)
+    nb = nbformat.read(copy, as_version=4)
+    NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}).execute()
+    errors = [f"{o.ename}: {o.evalue}" for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
+    assert errors == []
+
+    # 1. the run fails in clean; fetch and the sensor ran once
+    first = _text(_cell(nb, "run = readings.run"))
+    assert ": failed in " in first and "clean: ValueError: 1 impossible reading(s): [-999.0]" in first
+    assert _last_dict(first) == {"fetch": 1, "sensor": 1, "clean": 1}
+    # 2. the past: state_at in SQL with a notebook variable, and run.at(...)
+    state = _text(_cell(nb, "%%kfsql\nSELECT task_id, status, attempt, output FROM state_at"))
+    assert "[12.5,13.0,-999.0,14.5]" in state and state.count("pending") == 2
+    moments = _text(_cell(nb, "for point in"))
+    assert "at 0        (seq 0): run running, tasks {'fetch': 'pending', 'clean': 'pending', 'report': 'pending'}" in moments
+    assert "(seq 4): run running, tasks {'fetch': 'succeeded', 'clean': 'pending', 'report': 'pending'}" in moments
+    assert "(seq 7): run running, tasks {'fetch': 'succeeded', 'clean': 'failed', 'report': 'pending'}" in moments
+    assert "fetch returned [12.5, 13.0, -999.0, 14.5]" in moments
+    # 3. fixed and resumed: the completed task did not run again
+    resumed = _text(_cell(nb, "run.resume()"))
+    assert ": succeeded in " in resumed and "3 readings, mean 13.33" in resumed
+    assert _last_dict(resumed) == {"fetch": 1, "sensor": 1, "clean": 2, "report": 1}
+    history = _text(_cell(nb, "%%kfsql\nSELECT seq, type, task_id, payload->>'from_version'"))
+    assert history.count("RunResumed") == 1 and history.count("TaskReset") == 2
+    then = _text(_cell(nb, "failed_at ="))
+    assert "at seq 9: run failed; clean: ValueError: 1 impossible reading(s): [-999.0]" in then
+    assert "run succeeded; clean returned [12.5, 13.0, 14.5]" in then
+    # 4. an approval gate, answered in the notebook
+    assert "waiting - Publish 3 readings to {table}?" in _text(_cell(nb, "gated = publishing.run()"))
+    assert "pending" in _text(_cell(nb, "%%kfsql\nSELECT task_id, message, status"))
+    answered = _text(_cell(nb, "kf.approve(gate_run"))
+    assert "succeeded: 3 readings in readings_daily, approved by ana (numbers checked)" in answered
+    answer = _text(_cell(nb, "%%kfsql\nSELECT status, answered_by"))
+    assert "granted" in answer and "ana" in answer and "readings_daily" in answer
+    # 5. replay: as recorded, without reading the sensor again; a variant differs at report
+    replayed = _text(_cell(nb, "print(run.replay()"))
+    assert "every task behaved as recorded" in replayed
+    assert _last_dict(replayed) == {"fetch": 2, "sensor": 1, "clean": 3, "report": 2}
+    variant = _text(_cell(nb, "def report(clean):"))
+    assert "1 difference(s); first: report: output '3 readings, max 14.50', recorded '3 readings, mean 13.33'" in variant
+
+    # The store agrees: one run of readings, failed then resumed to success, fetch started once.
+    store = FolderStore(kernel_env)
+    runs = dict(store.sql("SELECT workflow, status FROM runs").rows())
+    assert runs == {"readings": "succeeded", "publishing": "succeeded"}
+    events = store.sql(
+        "SELECT type, task_id, payload, actor FROM events WHERE workflow = 'readings' ORDER BY seq"
+    ).rows()  # fmt: skip
+    types = [t for t, *_ in events]
+    assert types.count("RunStarted") == 1 and types.count("RunFailed") == 1 and types[-1] == "RunSucceeded"
+    assert [tid for t, tid, *_ in events if t == "TaskStarted"] == ["fetch", "clean", "clean", "report"]
+    resumed_payload = json.loads(next(p for t, _, p, _ in events if t == "RunResumed"))
+    assert resumed_payload["from_status"] == "failed" and resumed_payload["from_version"] != resumed_payload["version"]
+    granted = store.sql("SELECT actor FROM events WHERE workflow = 'publishing' AND type = 'ApprovalGranted'")
+    assert json.loads(granted["actor"][0])["name"] == "ana"
