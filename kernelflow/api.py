@@ -213,7 +213,9 @@ def _let_go(run: Run) -> None:
 def sql(query: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pl.DataFrame:
     """Query the store with SQL; returns a polars DataFrame.
 
-    Views: ``events``, ``runs``, ``task_attempts``, ``workflows`` (see docs/sql.md).
+    Views: ``events``, ``runs``, ``task_attempts``, ``workflows``, ``approvals``,
+    ``dead_letters``; table macros ``state_at(run_id, seq_or_ts)`` and
+    ``runs_active_at(ts)`` (see docs/sql.md).
     """
     return open_store().sql(query, params)
 
@@ -237,7 +239,8 @@ def diff(run_a: Any, run_b: Any) -> pl.DataFrame:
     status, duration and output side by side (see docs/time-travel.md)."""
     from .diffs import diff_runs
 
-    return diff_runs(open_store(), run_a, run_b)
+    # Run objects know their store (as run.at does); ids are looked up in the default one.
+    return diff_runs(getattr(run_a, "store", None) or open_store(), run_a, run_b)
 
 
 def plugin_names() -> list[str]:

@@ -326,6 +326,32 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return EXIT_OK if run.status == "succeeded" else EXIT_FAILED
 
 
+# --- gc ------------------------------------------------------------------------------
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from .store import FolderStore
+    from .store.retention import collect, parse_age
+
+    try:
+        age = parse_age(args.older_than)
+    except ValueError as exc:
+        print(f"error: --older-than: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    store = _store(args)
+    if not isinstance(store, FolderStore):
+        print(f"error: gc works on kernelflow's folder store, not on {type(store).__name__}", file=sys.stderr)
+        return EXIT_FAILED
+    report = collect(store, age, dry_run=not args.yes)
+    if args.json:
+        import json
+
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print(report.summary())
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kernelflow", description="Workflows that live in the notebook.")
     parser.add_argument("--store", help="store folder (default: $KERNELFLOW_HOME or ./.kernelflow)")
@@ -380,6 +406,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--by", help="who answers (default: your user name)")
         p.add_argument("--resume", action="store_true", help="continue the run right away")
         p.set_defaults(func=cmd_answer)
+
+    p = sub.add_parser("gc", help="remove runs that ended long ago (a dry run unless --yes)")
+    p.add_argument("--older-than", required=True, metavar="AGE",
+                   help="runs that ended more than AGE ago: 30d, 12h, 90m, 2w")
+    p.add_argument("--yes", action="store_true", help="delete them (without it: only say what would go)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--store", default=argparse.SUPPRESS, help="store folder (as the global --store)")
+    p.set_defaults(func=cmd_gc)
 
     p = sub.add_parser("sql", help="query the store with SQL (views: events, runs, task_attempts, workflows)")
     p.add_argument("query")

@@ -9,5 +9,14 @@ from __future__ import annotations
 from .circuits import CircuitTable
 from .folder import FolderStore, fsync_from_env
 from .layout import MIGRATIONS, SCHEMA_VERSION, default_location
+from .problems import StoreDamageWarning
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "CircuitTable", "FolderStore", "default_location", "fsync_from_env"]
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "CircuitTable",
+    "FolderStore",
+    "StoreDamageWarning",
+    "default_location",
+    "fsync_from_env",
+]

@@ -14,6 +14,15 @@ file exists, so at every instant each event is counted exactly once: before
 step 1 it is only in the segment, between 1 and 2 the segment is ignored,
 after 2 it is only in the Parquet file. A reader that listed a segment which
 step 2 then removed gets a "file not found" and retries (see ``query.py``).
+
+A segment with damaged lines (anything but a torn last line, which is what a
+killed writer leaves) is not unlinked in step 2 but moved to ``quarantine/``
+with a note naming the lines (``problems.py``); its readable events are in the
+Parquet file like any other segment's.
+
+After compacting, the background compactor merges small Parquet files when
+enough have piled up (``eventfiles.consolidate``), without waiting for
+another process that is already doing so.
 """
 
 from __future__ import annotations
@@ -29,8 +38,10 @@ from typing import Callable
 
 import duckdb
 
-from .formats import quote, segment_records_sql
-from .layout import Layout, fsync_dir, tmp_name
+from . import eventfiles
+from .formats import segment_records_sql
+from .layout import Layout
+from .problems import damaged_count, damaged_line_numbers, describe_lines, is_event_line, quarantine
 from .segments import OPENING_SUFFIX, SEGMENT_SUFFIX
 
 log = logging.getLogger("kernelflow.store")
@@ -73,50 +84,48 @@ def compact_segment(segment: Path, layout: Layout, con: duckdb.DuckDBPyConnectio
         if (st.st_dev, st.st_ino) != (fst.st_dev, fst.st_ino):
             return False
         target = layout.events / (segment.stem + ".parquet")
+        damaged: str | None = None
         if not target.exists():
-            _write_parquet(segment, target, con)
-        os.unlink(segment)
+            damaged = _write_parquet(segment, target, con)
+        if damaged is None:
+            os.unlink(segment)
+        else:
+            dest = quarantine(
+                layout,
+                segment,
+                f"event segment has damaged lines ({damaged}); they were skipped, its other "
+                f"events were compacted into {target.name}",
+                "nothing is needed for the events that were read; if you can repair the damaged "
+                "lines, append them as a new file segments/<any-name>.jsonl in the store to recover "
+                "them, then delete this file",
+            )
+            log.warning("segment %s has damaged lines (%s); moved it to %s", segment, damaged, dest)
         return True
     finally:
         os.close(fd)  # releases the flock
 
 
-def _write_parquet(segment: Path, target: Path, con: duckdb.DuckDBPyConnection | None) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_name(target)
+def _write_parquet(segment: Path, target: Path, con: duckdb.DuckDBPyConnection | None) -> str | None:
+    """Write the segment's events to ``target``; returns a description of its
+    damaged lines, or None if every complete line was an event."""
     own = con is None
     if con is None:
         con = duckdb.connect()
     try:
-        rows = con.execute(
-            f"COPY ({segment_records_sql([segment])} ORDER BY run_id, seq) "
-            f"TO {quote(tmp)} (FORMAT parquet, COMPRESSION zstd)"
-        ).fetchall()[0][0]
-        if rows == 0:  # nothing readable (an empty or all-garbage segment): no file
-            _unlink_quietly(tmp)
-            return
-        # The segment is deleted right after this: the Parquet file must be on
-        # disk first, whatever the store's fsync setting.
-        fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, target)
-        fsync_dir(target.parent)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
+        # The segment is deleted right after this: write_events_file puts the
+        # Parquet file on disk first, whatever the store's fsync setting.
+        rows = eventfiles.write_events_file(con, segment_records_sql([segment]), target)
     finally:
         if own:
             con.close()
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+    data = segment.read_bytes()
+    complete = data.rfind(b"\n") + 1
+    tail = data[complete:]  # a torn last line is what a killed writer leaves: not damage
+    # DuckDB reads a tail that happens to be a whole event (killed just before its newline).
+    bad = damaged_count(data[:complete], rows - (1 if tail.strip() and is_event_line(tail) else 0))
+    if bad <= 0:
+        return None
+    return describe_lines(damaged_line_numbers(memoryview(data)[:complete]), bad)
 
 
 def compact_closed(
@@ -184,6 +193,7 @@ class BackgroundCompactor:
         self._cond = threading.Condition()
         self._queue: list[Path | None] = []  # None means: every closed segment
         self._busy = False
+        self._con: duckdb.DuckDBPyConnection | None = None
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -208,6 +218,14 @@ class BackgroundCompactor:
             self._stopping = True
             self._queue.clear()
             thread = self._thread
+            con = self._con
+        if con is not None:
+            # A merge of many files can take seconds: cut it short (it leaves
+            # nothing behind but a temporary file; the next one starts over).
+            try:
+                con.interrupt()
+            except Exception:  # pragma: no cover - closed in the meantime
+                pass
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
         with self._cond:
@@ -231,10 +249,24 @@ class BackgroundCompactor:
                         compact_closed(self._layout, con=con, should_stop=lambda: self._stopping)
                     else:
                         compact_segment(item, self._layout, con)
+                    with self._cond:
+                        last = not self._queue
+                    if last and not self._stopping:
+                        # Small files piled up? Merge them, unless another process is at it.
+                        with self._cond:
+                            self._con = con  # stop() may interrupt a merge, never a compaction
+                        try:
+                            eventfiles.consolidate(self._layout, con, should_stop=lambda: self._stopping)
+                        finally:
+                            with self._cond:
+                                self._con = None
                 except Exception:
                     # Never fatal: the segment stays readable where it is and
                     # the next open or compact() tries again.
-                    log.warning("compacting %s failed; it will be retried later", item or self._layout.segments, exc_info=True)
+                    if not self._stopping:
+                        log.warning(
+                            "compacting %s failed; it will be retried later", item or self._layout.segments, exc_info=True
+                        )
                 finally:
                     with self._cond:
                         self._busy = False

@@ -9,13 +9,16 @@ import os
 import threading
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 from kernelflow.events import Event
 
 from . import artifacts
+from .answers import Answers
 from .circuits import CircuitTable
 from .compaction import BackgroundCompactor, compact_closed, compact_segment, list_segments
+from .eventfiles import consolidate, worth_merging
+from .leases import Lease, Leases
 from .layout import SCHEMA_VERSION, Layout, ensure_created, migrate, read_marker
 from .query import QueryEngine
 from .registry import WorkflowRegistry
@@ -25,6 +28,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import polars as pl
 
 FSYNC_ENV = "KERNELFLOW_FSYNC"
+APPEND_MANY_CHUNK = 50_000
+"""Events serialised and written together by ``FolderStore.append_many`` (bounds its memory)."""
 
 
 def fsync_from_env() -> bool:
@@ -87,10 +92,13 @@ class FolderStore:
         self._query = QueryEngine(self.layout)
         self._registry = WorkflowRegistry(self.layout)
         self._circuits: CircuitTable | None = None
+        self._leases = Leases(self.path / "leases", self._ensure_created)
+        self._answers = Answers(self.path / "answers", self._ensure_created, fsync=self.fsync)
         _open_stores.add(self)
         # Segments left by processes that died (kill -9, os._exit, a crashed
-        # kernel) are compacted by whoever opens the store next.
-        if marker is not None and list_segments(self.layout):
+        # kernel) are compacted by whoever opens the store next, and small
+        # events files that sessions left behind are merged (eventfiles.py).
+        if marker is not None and (list_segments(self.layout) or worth_merging(self.layout)):
             self._compactor.submit(None)
 
     def __repr__(self) -> str:
@@ -130,6 +138,21 @@ class FolderStore:
             )
         return table
 
+    def lease(self, run_id: str) -> Lease | None:
+        """The exclusive right to append to ``run_id`` (to drive it), or None
+        if someone holds it; see :mod:`kernelflow.store.leases`. The OS drops
+        it when the holder dies, so a running run without a holder was interrupted."""
+        return self._leases.acquire(run_id)
+
+    def lease_holder(self, run_id: str) -> dict[str, Any] | None:
+        """Who drives ``run_id`` now (pid, host, since), or None."""
+        return self._leases.holder(run_id)
+
+    @property
+    def answers(self) -> Answers:
+        """Claimed answers to approval gates (see :mod:`kernelflow.store.answers`)."""
+        return self._answers
+
     @contextlib.contextmanager
     def run_lock(self, run_id: str) -> Iterator[None]:
         """Exclusive, across processes, for appending to a run no engine drives
@@ -152,6 +175,29 @@ class FolderStore:
         """Record one event; it is handed to the OS (and fsynced if configured)
         before this returns, so a killed process loses nothing it appended."""
         self._writer.append(event.to_json_line())
+
+    def append_many(self, events: Iterable[Event]) -> int:
+        """Record many events at once; returns how many.
+
+        Same guarantee as :meth:`append` (handed to the OS, and fsynced if
+        configured, before this returns) at a fraction of the cost: one write
+        and at most one fsync per segment the batch lands in, instead of one
+        per event. Large iterables are written in chunks of
+        :data:`APPEND_MANY_CHUNK` events. An event too large to store fails
+        its whole chunk before anything of that chunk is written.
+        """
+        count = 0
+        chunk: list[bytes] = []
+        for event in events:
+            chunk.append(event.to_json_line())
+            if len(chunk) >= APPEND_MANY_CHUNK:
+                self._writer.append_many(chunk, before=count)
+                count += len(chunk)
+                chunk = []
+        if chunk:
+            self._writer.append_many(chunk, before=count)
+            count += len(chunk)
+        return count
 
     def read_run(self, run_id: str) -> list[Event]:
         """All events of one run ordered by ``seq``; ``[]`` if the run is unknown.
@@ -207,8 +253,18 @@ class FolderStore:
 
     def compact(self) -> int:
         """Compact every closed segment now (this process's open one is left
-        alone); returns how many were compacted."""
-        return compact_closed(self.layout)
+        alone), then merge small events files if enough have piled up (waiting
+        for another process doing so); returns how many segments were compacted."""
+        done = compact_closed(self.layout)
+        consolidate(self.layout, blocking=True, suspects=self._query.damaged_files())
+        return done
+
+    def problems(self) -> list[dict[str, str]]:
+        """Damaged files: the ones this handle skipped while reading, and
+        everything in ``quarantine/``. Each is ``{"path", "problem", "fix"}``;
+        each was also reported once with a ``StoreDamageWarning``. See
+        docs/store.md, "Damaged files"."""
+        return [p.as_dict() for p in self._query.problems()]
 
     def wait_for_compaction(self, timeout: float | None = None) -> bool:
         """Wait for background compaction to finish; False if ``timeout`` ran out."""

@@ -5,6 +5,13 @@ files (``*.parquet``) hold the same records with the same column names and
 types (``ts`` stays BIGINT UTC microseconds, ``payload``/``actor`` JSON text),
 sorted by ``run_id, seq``. Queries see both as ``_events_raw``, where ``ts`` is
 renamed ``ts_us`` so that the public ``events.ts`` can be a TIMESTAMP.
+
+Schema 2 writes every Parquet file the same way (:func:`parquet_copy_options`):
+sorted by ``run_id, seq``, zstd, row groups of :data:`ROW_GROUP_ROWS`, and the
+key-value metadata ``kernelflow_events = "2"`` that tells a schema-2 file from
+an older one. DuckDB writes a bloom filter for ``run_id`` (it is dictionary
+encoded), so a ``run_id = ?`` filter skips every row group, and every file,
+that does not hold the run; the sort keeps one run's rows together.
 """
 
 from __future__ import annotations
@@ -35,6 +42,26 @@ RAW_COLUMNS = tuple("ts_us" if c == "ts" else c for c in EVENT_FIELDS)
 """Columns of ``_events_raw``, in order."""
 
 
+EVENTS_FORMAT_KEY = "kernelflow_events"
+EVENTS_FORMAT = "2"
+"""Key-value metadata of a schema-2 events file: ``{EVENTS_FORMAT_KEY: EVENTS_FORMAT}``."""
+
+ROW_GROUP_ROWS = 122_880
+"""Rows per Parquet row group. Measured (docs/store.md): with bloom filters on
+``run_id``, smaller row groups make a one-run lookup slower, not faster
+(4,096 rows: ~4x slower on 10M events), because every row group's metadata
+and filter are checked; DuckDB's own default is pinned here so that the
+layout does not change with DuckDB's defaults."""
+
+
+def parquet_copy_options() -> str:
+    """The options of ``COPY ... TO`` for every events file this code writes."""
+    return (
+        f"FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS}, "
+        f"KV_METADATA {{{EVENTS_FORMAT_KEY}: {quote(EVENTS_FORMAT)}}}"
+    )
+
+
 def quote(text: str | Path) -> str:
     """A SQL string literal."""
     return "'" + str(text).replace("'", "''") + "'"
@@ -56,14 +83,26 @@ def segment_records_sql(paths: list[Path]) -> str:
 
     ``ignore_errors`` turns a line that is not a JSON object (a torn last line
     of a killed writer, or garbage) into an all-NULL row, which the filter
-    drops; every other line is read as written.
+    drops, as it drops a JSON object that is not an event (no ``event_id``,
+    ``run_id``, ``seq`` or ``type``); every other line is read as written.
+    Empty lines produce no row at all.
     """
     columns = "{" + ", ".join(f"{quote(c)}: {quote(t)}" for c, t in COLUMN_TYPES.items()) + "}"
     return (
         f"SELECT * FROM read_json({path_list(paths)}, format = 'newline_delimited', "
         f"columns = {columns}, ignore_errors = true, maximum_object_size = {MAX_EVENT_BYTES + 1024}) "
-        "WHERE event_id IS NOT NULL"
+        f"WHERE {GOOD_ROW}"
     )
+
+
+GOOD_ROW = "event_id IS NOT NULL AND run_id IS NOT NULL AND seq IS NOT NULL AND type IS NOT NULL"
+"""What a segment line must have to be an event (others are counted as damaged)."""
+
+
+def parquet_records_sql(paths: list[Path]) -> str:
+    """Records of Parquet events files with the column names and types they have on disk."""
+    cols = ", ".join(f"CAST({c} AS {t}) AS {c}" for c, t in COLUMN_TYPES.items())
+    return f"SELECT {cols} FROM read_parquet({path_list(paths)})"
 
 
 def segments_raw_sql(paths: list[Path]) -> str:

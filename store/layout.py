@@ -4,9 +4,11 @@ A store is a plain folder::
 
     .kernelflow/
       store.json                  marker: kind, schema_version, created_at, migrations
-      store.lock                  flock'ed briefly while migrating (only exists once a migration ran)
+      store.lock                  flock'ed while migrating, merging or rewriting events files
       segments/<stem>.jsonl       one open or not-yet-compacted event log per writer process
-      events/<stem>.parquet       compacted segments (immutable)
+      events/<stem>.parquet       compacted segments, sorted by run_id, seq
+      events/merged+<id>.parquet  small compacted files merged (+ <id>.sources: what it replaces)
+      quarantine/<name>           damaged files put aside, each with a <name>.txt note
       workflows/<name>/<version>.json
       artifacts/<run_id>/<task_id>.<attempt>.<ext>
 
@@ -35,18 +37,32 @@ from kernelflow.exceptions import NotAStoreError, StoreError, StoreVersionError
 KIND = "kernelflow-store"
 MARKER = "store.json"
 LOCK = "store.lock"
-SCHEMA_VERSION = 1
-"""The schema this code reads and writes. Bump it together with a migration."""
+SCHEMA_VERSION = 2
+"""The schema this code reads and writes. Bump it together with a migration.
+
+1. The first schema: segments compacted one-to-one into Parquet files.
+2. Events files carry ``kernelflow_events = "2"`` metadata, are sorted by
+   ``run_id, seq`` with pinned row groups, and small ones are merged
+   (``store/eventfiles.py``), so a one-run lookup costs a few files, not one
+   per session the store has ever seen."""
 
 DEFAULT_FOLDER = ".kernelflow"
 HOME_ENV = "KERNELFLOW_HOME"
 
 Migration = Callable[[Path], None]
-MIGRATIONS: list[tuple[int, str, Migration]] = []
+
+
+def _sort_events_by_run(root: Path) -> None:
+    from .eventfiles import migrate_sort_events_by_run
+
+    migrate_sort_events_by_run(Layout(root))
+
+
+MIGRATIONS: list[tuple[int, str, Migration]] = [(2, "sort-events-by-run", _sort_events_by_run)]
 """Ordered ``(to_version, name, fn)``: ``fn(root)`` upgrades a store from
-``to_version - 1`` to ``to_version`` in place. A migration must be safe to run
-again if it was interrupted (the marker is only bumped after it returns).
-Schema 1 is the first schema, so there is nothing to migrate yet."""
+``to_version - 1`` to ``to_version`` in place, while :func:`migrate` holds
+``store.lock``. A migration must be safe to run again if it was interrupted
+(the marker is only bumped after it returns)."""
 
 
 def default_location() -> Path:

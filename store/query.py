@@ -21,15 +21,26 @@ uses, so a line means the same thing before and after compaction) from a
 private scratch copy in the system temp folder, never in the store.
 
 If a segment vanishes between listing and reading (it was just compacted),
-the whole refresh is retried with a fresh listing.
+the whole refresh is retried with a fresh listing; so is a query that finds
+a listed Parquet file gone (merged or rewritten by maintenance, see
+``eventfiles.py``). Parquet files replaced by a merged file are not listed.
+
+Damaged files do not make the store unreadable (``problems.py``): a Parquet
+file DuckDB cannot read is left out of every later query of this handle (until
+the file changes) and the query runs again without it; damaged lines of a
+segment are skipped and counted. Each is reported once per handle with a
+:class:`~kernelflow.store.problems.StoreDamageWarning` and listed by
+:meth:`QueryEngine.problems`.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import threading
 import time
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from importlib import resources
@@ -41,13 +52,26 @@ import duckdb
 from kernelflow.exceptions import StoreError
 
 from . import statuses
+from .eventfiles import replaced_stems
 from .formats import RAW_COLUMNS, empty_raw_sql, parquet_raw_sql, path_list, segments_raw_sql
 from .layout import Layout
+from .problems import (
+    NOTE_SUFFIX,
+    Problem,
+    StoreDamageWarning,
+    damaged_count,
+    damaged_line_numbers,
+    describe_lines,
+    quarantine_folder,
+    quarantined,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import polars as pl
 
-PUBLIC_VIEWS = ("events", "runs", "task_attempts", "workflows")
+PUBLIC_VIEWS = ("events", "runs", "task_attempts", "workflows", "dead_letters", "approvals")
+PUBLIC_MACROS = ("state_at(run_id, point)", "runs_active_at(ts)")
+"""The table macros of ``views.sql`` users call, as they call them."""
 _RAW = ", ".join(RAW_COLUMNS)
 MAX_ATTEMPTS = 20
 """Refreshes retried when files vanish under us. Each retry follows a
@@ -88,6 +112,15 @@ class QueryEngine:
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
+        self._manifests: dict[str, list[str]] = {}
+        """merged file -> the stems it replaces (never changes)"""
+        self._bad: dict[str, tuple[tuple[int, int, int], str]] = {}
+        """Parquet path -> (its (inode, size, mtime) when found damaged, DuckDB's message)"""
+        self._problems: dict[str, Problem] = {}
+        """file name -> what was reported (once) about it"""
+        self._problems_lock = threading.Lock()
+        self._seen_quarantine: frozenset[str] = frozenset()
+        self._file_in_events = re.compile(re.escape(str(layout.events)) + r"/([^'\"\s/]+\.parquet)")
         self._local = threading.local()
         # Weak: a connection lives as long as its thread (thread-locals are
         # dropped when a thread ends), so short-lived threads leak nothing.
@@ -100,30 +133,136 @@ class QueryEngine:
         """Run ``query`` against the views; a polars DataFrame of its result."""
         conn = self._connection()
         with conn.lock:
-            self._refresh(conn)
-            for attempt in range(2):
-                try:
-                    return _run(conn.con, query, params)
-                except duckdb.Error as exc:
-                    if attempt == 0 and self._repair_views(conn):
-                        continue  # the query itself dropped one of our views earlier
-                    raise self._query_error(exc) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+            return self._with_retries(conn, lambda: _run(conn.con, query, params), repair=True)
 
     def run_rows(self, run_id: str) -> list[dict[str, Any]]:
-        """One run's raw records (``ts`` as exact micros, JSON as text), by seq."""
+        """One run's raw records (``ts`` as exact micros, JSON as text), by seq.
+
+        The ``run_id`` filter reaches DuckDB's Parquet scan through the
+        ``UNION ALL`` of ``_events_raw`` (checked by a test with EXPLAIN
+        ANALYZE), so row groups and files without the run are skipped by
+        their bloom filter and min/max statistics.
+        """
         conn = self._connection()
         cols = ", ".join(f"CAST({c} AS VARCHAR)" if c in ("payload", "actor") else c for c in RAW_COLUMNS)
         names = [("ts" if c == "ts_us" else c) for c in RAW_COLUMNS]
+        sql = f"SELECT {cols} FROM _events_raw WHERE run_id = ? ORDER BY seq"
         with conn.lock:
+            rows = self._with_retries(conn, lambda: conn.con.execute(sql, [run_id]).fetchall())
+        return [dict(zip(names, row)) for row in rows]
+
+    def segment_run_ids(self) -> list[str]:
+        """Runs with events in segments that are not compacted yet (open ones, mostly), as of now."""
+        conn = self._connection()
+        with conn.lock:
+            rows = self._with_retries(
+                conn, lambda: conn.con.execute("SELECT DISTINCT run_id FROM _segment_rows").fetchall()
+            )
+        return [r for (r,) in rows]
+
+    def problems(self) -> list[Problem]:
+        """Damaged files this handle skipped, and everything in ``quarantine/``."""
+        self._check_quarantine()
+        with self._problems_lock:
+            found = dict(self._problems)
+        out = {Path(p.path).name: p for p in quarantined(self.layout)}
+        for name, problem in found.items():
+            if name not in out and os.path.exists(problem.path):
+                out[name] = problem
+        return sorted(out.values(), key=lambda p: p.path)
+
+    def _with_retries(self, conn: _Connection, fn: Any, *, repair: bool = False) -> Any:
+        repaired = False
+        last_exc: BaseException | None = None
+        for attempt in range(MAX_ATTEMPTS):
             self._refresh(conn)
             try:
-                rows = conn.con.execute(
-                    f"SELECT {cols} FROM _events_raw WHERE run_id = ? ORDER BY seq", [run_id]
-                ).fetchall()
+                return fn()
             except duckdb.Error as exc:
+                last_exc = exc
+                if self._file_trouble(exc):
+                    time.sleep(0.001 * attempt)
+                    continue  # a file was damaged (now left out) or went away: read again
+                if repair and not repaired and self._repair_views(conn):
+                    repaired = True
+                    continue  # the query itself dropped one of our views earlier
                 raise self._query_error(exc) from exc
-        return [dict(zip(names, row)) for row in rows]
+        raise StoreError(
+            f"the event store at {self.layout.root} kept changing while being read "
+            f"({MAX_ATTEMPTS} attempts); retry the query"
+        ) from last_exc
+
+    # -- damaged and vanished files -------------------------------------------------
+
+    def _file_trouble(self, exc: BaseException) -> bool:
+        """If DuckDB failed on one of the store's Parquet files: True, after
+        leaving it out if it is damaged (it may also have been merged away)."""
+        match = self._file_in_events.search(str(exc))
+        if match is None:
+            return False
+        path = self.layout.events / match.group(1)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return True  # merged or removed since listed: list again
+        if not isinstance(exc, duckdb.InvalidInputException):
+            return False  # I/O trouble, an interrupt: nothing wrong with the file itself
+        message = str(exc).split("\n")[0]
+        self._bad[str(path)] = ((st.st_ino, st.st_size, st.st_mtime_ns), message)
+        self._report(
+            Problem(
+                str(path),
+                f"events file cannot be read ({message}); its events are left out of every query",
+                "move it out of the store's events/ folder (`kernelflow gc` and store.compact() move it "
+                "to quarantine/), then restore it from a backup if you have one",
+            )
+        )
+        return True
+
+    def damaged_files(self) -> list[Path]:
+        """Parquet files this handle found damaged and leaves out."""
+        return [Path(p) for p in list(self._bad) if self._excluded(p)]
+
+    def _excluded(self, path: str) -> bool:
+        entry = self._bad.get(path)
+        if entry is None:
+            return False
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return True
+        if (st.st_ino, st.st_size, st.st_mtime_ns) == entry[0]:
+            return True
+        self._bad.pop(path, None)  # replaced since (restored from a backup?): read it again
+        with self._problems_lock:
+            self._problems.pop(Path(path).name, None)
+        return False
+
+    def _report(self, problem: Problem) -> None:
+        name = Path(problem.path).name
+        with self._problems_lock:
+            first = name not in self._problems
+            self._problems[name] = problem
+        if first:
+            warnings.warn(problem.message(), StoreDamageWarning, stacklevel=2)
+
+    def _check_quarantine(self) -> None:
+        try:
+            names = frozenset(os.listdir(quarantine_folder(self.layout)))
+        except FileNotFoundError:
+            return
+        if names == self._seen_quarantine:
+            return
+        self._seen_quarantine = names
+        for problem in quarantined(self.layout):
+            name = Path(problem.path).name
+            with self._problems_lock:
+                known = name in self._problems
+            if known:
+                with self._problems_lock:  # moved there since reported: point at its new place
+                    self._problems[name] = problem
+            elif not name.endswith(NOTE_SUFFIX):
+                self._report(problem)
 
     def _query_error(self, exc: duckdb.Error) -> StoreError:
         text = str(exc)
@@ -134,8 +273,8 @@ class QueryEngine:
                 "or was removed while in use; move a damaged file out of the folder and retry."
             )
         return StoreError(
-            f"SQL error: {text}\n  The store's views are {', '.join(PUBLIC_VIEWS)} "
-            "(their columns: docs/store.md, or DESCRIBE <view>)."
+            f"SQL error: {text}\n  The store's views are {', '.join(PUBLIC_VIEWS)}, and its table macros "
+            f"{', '.join(PUBLIC_MACROS)} (their columns: docs/sql.md, or DESCRIBE <view>)."
         )
 
     def close(self) -> None:
@@ -188,11 +327,18 @@ class QueryEngine:
         Returns True if something was repaired (the query is then worth a retry).
         """
         wanted = {"_events_raw", *PUBLIC_VIEWS}
+        macros = {m.split("(")[0] for m in PUBLIC_MACROS}
         try:
             present = {r[0] for r in conn.con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+            present_macros = {
+                r[0]
+                for r in conn.con.execute(
+                    "SELECT function_name FROM duckdb_functions() WHERE function_type = 'table_macro'"
+                ).fetchall()
+            }
         except duckdb.Error:
             return False
-        if wanted <= present:
+        if wanted <= present and macros <= present_macros:
             return False
         self._install_views(conn)
         self._refresh(conn)
@@ -219,6 +365,9 @@ class QueryEngine:
         parquet = _names(self.layout.events, ".parquet")
         compacted = {Path(p).stem for p in parquet}
         segments = [s for s in segments if Path(s[0]).stem not in compacted]
+        replaced = replaced_stems((Path(p) for p in parquet), self._manifests)
+        parquet = [p for p in parquet if Path(p).stem not in replaced and not self._excluded(p)]
+        self._check_quarantine()
         workflows: list[str] = []
         try:
             with os.scandir(self.layout.workflows) as it:
@@ -240,6 +389,9 @@ class QueryEngine:
             except _Vanished as exc:
                 last_exc = exc  # compacted since listed: its Parquet file is there now
             except duckdb.Error as exc:
+                if self._file_trouble(exc):
+                    last_exc = exc
+                    continue
                 vanished = [p for p in listing.parquet + listing.workflows if not os.path.exists(p)]
                 if not vanished:
                     if not reinstalled:
@@ -278,8 +430,12 @@ class QueryEngine:
                 raise _Vanished(path) from None
             complete = chunk.rfind(b"\n") + 1
             if complete:
-                self._ingest(con, path, memoryview(chunk)[:complete])
+                lines = memoryview(chunk)[:complete]
+                read = self._ingest(con, path, lines)
                 conn.segments[path] = (ino, done + complete)
+                bad = damaged_count(lines, read)
+                if bad > 0:
+                    self._damaged_segment(path, done, lines, bad)
         if listing.parquet != conn.parquet_key:
             if listing.parquet:
                 parquet = parquet_raw_sql([Path(p) for p in listing.parquet])
@@ -305,17 +461,42 @@ class QueryEngine:
             conn.workflows_key = listing.workflows
 
     @staticmethod
-    def _ingest(con: duckdb.DuckDBPyConnection, segment: str, lines: memoryview) -> None:
-        """Add complete segment lines to ``_segment_rows`` (one statement: all or nothing)."""
+    def _ingest(con: duckdb.DuckDBPyConnection, segment: str, lines: memoryview) -> int:
+        """Add complete segment lines to ``_segment_rows`` (one statement: all
+        or nothing); returns how many were events."""
         fd, scratch = tempfile.mkstemp(prefix="kernelflow-segment-", suffix=".jsonl")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(lines)
-            con.execute(
+            row = con.execute(
                 f"INSERT INTO _segment_rows SELECT *, ? FROM ({segments_raw_sql([Path(scratch)])})", [segment]
-            )
+            ).fetchone()
         finally:
             os.unlink(scratch)
+        return int(row[0]) if row else 0
+
+    def _damaged_segment(self, path: str, offset: int, lines: memoryview, bad: int) -> None:
+        first_line = 1
+        if offset:
+            try:
+                with open(path, "rb") as f:
+                    first_line += f.read(offset).count(b"\n")
+            except FileNotFoundError:
+                pass
+        where = describe_lines(damaged_line_numbers(lines, first_line), bad)
+        name = Path(path).name
+        with self._problems_lock:
+            known = self._problems.get(name)
+        if known is not None:  # more damage in a segment reported already: keep the first report
+            return
+        self._report(
+            Problem(
+                path,
+                f"event segment has damaged lines ({where}); they are skipped, the lines after them are read",
+                "nothing is needed for the other events; when the segment is compacted it is moved to "
+                "quarantine/ with a note, where the damaged lines can be inspected",
+            )
+        )
 
 
 def _run(con: duckdb.DuckDBPyConnection, query: str, params: Sequence[Any] | Mapping[str, Any] | None) -> pl.DataFrame:

@@ -124,6 +124,57 @@ class SegmentWriter:
         if closed is not None:
             self._on_closed(closed)
 
+    def append_many(self, lines: list[bytes], *, before: int = 0) -> None:
+        """Write many event lines, one ``os.write`` (and one fsync, if
+        configured) per segment they go to; handed to the OS before this returns.
+
+        Rotation is exact: a batch that fills the segment is split at
+        ``max_events``, the rest goes to the next segment. If a write fails,
+        the error says how many of the batch's events were recorded (they are
+        the first ones, in order); the others were not. ``before`` counts
+        events of the same call recorded by earlier batches (for that message).
+        """
+        for line in lines:
+            if len(line) > MAX_EVENT_BYTES:
+                raise StoreError(
+                    f"an event of {len(line):,} bytes is larger than the store accepts "
+                    f"({MAX_EVENT_BYTES:,}); none of the batch was recorded. Keep large values out of "
+                    "event payloads (task outputs of that size are saved as artifacts)."
+                )
+        recorded = 0
+        while recorded < len(lines):
+            closed: Path | None = None
+            with self._lock:
+                if self._fd is None:
+                    self._open_locked()
+                fd, path = self._fd, self._path
+                assert fd is not None and path is not None
+                take = min(len(lines) - recorded, self.max_events - self._count)
+                data = b"".join(lines[recorded : recorded + take])
+                view = memoryview(data)
+                try:
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    if self.fsync:
+                        os.fsync(fd)
+                except OSError as exc:
+                    written = len(data) - len(view)
+                    self._on_closed(self._close_locked() or path)
+                    done = before + recorded + bytes(data[:written]).count(b"\n")
+                    raise StoreError(
+                        f"could not record events in {path}: {exc.strerror or exc}. Of the "
+                        f"{before + len(lines):,} events given so far the first {done:,} are recorded"
+                        + (" (not fsynced)" if not view else "")
+                        + ", the rest are not. Free disk space (or fix the folder's permissions) and "
+                        f"append the remaining ones (from index {done}) again."
+                    ) from exc
+                self._count += take
+                recorded += take
+                if self._count >= self.max_events:
+                    closed = self._close_locked()
+            if closed is not None:
+                self._on_closed(closed)
+
     def close(self) -> Path | None:
         """Close the current segment (releasing its lock); returns its path."""
         with self._lock:

@@ -2,15 +2,23 @@
 
 The SQL views in ``views.sql`` do not spell these mappings out: they join
 small lookup tables generated from the dicts below (:func:`lookup_tables_sql`).
-Run and task statuses are taken from :mod:`kernelflow.reducer`, which folds
-the same events in Python; only the per-attempt mapping (finer than the
-reducer's) is defined here.
+Run and task statuses (and the initial ones) are taken from
+:mod:`kernelflow.reducer`, which folds the same events in Python. Defined
+here: the per-attempt mapping (finer than the reducer's), which event writes
+which field of a task or run (``TASK_FIELD_EFFECTS``, ``RUN_FIELD_EFFECTS``:
+what ``state_at`` needs to rebuild a past state), and the approval statuses.
 """
 
 from __future__ import annotations
 
 from kernelflow import events as ev
-from kernelflow.reducer import FINAL_RUN_STATUSES, RUN_STATUS_BY_EVENT, TASK_STATUS_BY_EVENT
+from kernelflow.reducer import (
+    FINAL_RUN_STATUSES,
+    RUN_STATUS_BY_EVENT,
+    TASK_STATUS_BY_EVENT,
+    RunState,
+    TaskState,
+)
 
 # Run and task statuses are the reducer's own tables: the SQL cannot disagree
 # with the fold about which event means what.
@@ -48,6 +56,84 @@ ATTEMPT_RUNNING = TASK_STATUS[ev.TASK_STARTED]
 """An attempt with ``TaskStarted`` and no ending event yet."""
 ATTEMPT_SCHEDULED = TASK_STATUS[ev.TASK_SCHEDULED]
 """An attempt with only ``TaskScheduled`` so far (queued for a slot)."""
+
+# --- what each event does to the fields time travel shows ------------------------
+# ``state_at`` rebuilds a task's fields, not just its status, so it must know
+# which events write which field. ``reducer.apply`` says it in code; these
+# tables say the same as data for the SQL, and tests/test_time_travel_sql.py
+# checks them against the fold itself, event sequence by event sequence.
+SET = "set"
+"""The field takes the event's value (``ts`` for times, a payload key for data)."""
+CLEAR = "clear"
+"""The field goes back to nothing (NULL)."""
+NEXT = "next"
+"""A counter: the event's own number when it carries one, else the previous value + 1."""
+
+_ENDS_ATTEMPT = {"ended_at": SET, "error": SET}
+TASK_FIELD_EFFECTS: dict[str, dict[str, str]] = {
+    ev.TASK_SCHEDULED: {},
+    # attempt: ``event.attempt`` unless it is missing or 0
+    ev.TASK_STARTED: {"attempt": NEXT, "started_at": SET, "ended_at": CLEAR, "error": CLEAR},
+    ev.TASK_SUCCEEDED: {"ended_at": SET, "output": SET},  # output and output_ref together
+    ev.TASK_RETRYING: _ENDS_ATTEMPT,
+    ev.TASK_FAILED: _ENDS_ATTEMPT,
+    ev.TASK_TIMED_OUT: _ENDS_ATTEMPT,
+    ev.TASK_SKIPPED: {"ended_at": SET, "reason": SET},
+    # iteration: ``payload.iteration`` when the key is there; the attempt count goes on
+    ev.TASK_RESET: {
+        "iteration": NEXT,
+        "started_at": CLEAR,
+        "ended_at": CLEAR,
+        "error": CLEAR,
+        "reason": CLEAR,
+        "output": CLEAR,
+    },
+    # Gates and sleeps set the status (and gate/answer/wake_at, which the
+    # approvals view reads from the events themselves), none of these fields.
+    ev.APPROVAL_REQUESTED: {},
+    ev.APPROVAL_GRANTED: {},
+    ev.APPROVAL_REJECTED: {},
+    ev.APPROVAL_EXPIRED: {},
+    ev.BREAKPOINT_HIT: {},
+    ev.BREAKPOINT_RELEASED: {},
+    ev.SLEEP_STARTED: {},
+}
+"""Status-bearing task event type -> ``{field: SET | CLEAR | NEXT}`` for the
+fields ``state_at`` shows (attempt, iteration, started_at, ended_at, output,
+error, reason). Every type of ``TASK_STATUS`` is listed, so a new one cannot
+be added to the reducer without deciding here what it writes."""
+TASK_FIELDS = ("attempt", "iteration", "started_at", "ended_at", "output", "error", "reason")
+
+RUN_FIELD_EFFECTS: dict[str, dict[str, str]] = {
+    ev.RUN_STARTED: {
+        "workflow": SET,
+        "workflow_version": SET,
+        "started_at": SET,
+        "ended_at": CLEAR,
+        "tasks": SET,  # payload.tasks are added (as pending) to the tasks known
+    },
+    ev.RUN_RESUMED: {"workflow_version": SET, "ended_at": CLEAR, "tasks": SET},
+    ev.RUN_SUSPENDED: {},  # waiting is not an end: ended_at stays as it was
+    ev.RUN_SUCCEEDED: {"ended_at": SET},
+    ev.RUN_FAILED: {"ended_at": SET},
+}
+"""Run-level event type -> ``{field: SET | CLEAR}``, as ``reducer.apply`` folds them."""
+RUN_FIELDS = ("workflow", "workflow_version", "started_at", "ended_at", "tasks")
+
+APPROVAL_STATUS: dict[str, str] = {
+    ev.APPROVAL_GRANTED: "granted",
+    ev.APPROVAL_REJECTED: "rejected",
+    ev.APPROVAL_EXPIRED: "expired",
+}
+"""The answer event -> the ``approvals.status`` of the request it answers."""
+APPROVAL_PENDING = "pending"
+"""``approvals.status`` of a request without an answer yet."""
+
+INITIAL_RUN_STATUS: str = RunState("").status
+"""A run before its first run-level event (the reducer's default)."""
+_NEW_TASK = TaskState("")
+INITIAL_TASK_STATUS: str = _NEW_TASK.status
+"""A task known (listed by ``RunStarted``/``RunResumed``) without events of its own yet."""
 
 
 def _lit(value: object) -> str:
@@ -100,5 +186,25 @@ def lookup_tables_sql() -> list[str]:
             "started, status",
             [(True, ATTEMPT_RUNNING), (False, ATTEMPT_SCHEDULED)],
             ("BOOLEAN", "VARCHAR"),
+        ),
+        "CREATE OR REPLACE TEMP TABLE _task_effect AS "
+        + _values(
+            "type, " + ", ".join(TASK_FIELDS),
+            [(t, *(TASK_FIELD_EFFECTS[t].get(f) for f in TASK_FIELDS)) for t in TASK_FIELD_EFFECTS],
+            ("VARCHAR",) * (1 + len(TASK_FIELDS)),
+        ),
+        "CREATE OR REPLACE TEMP TABLE _run_effect AS "
+        + _values(
+            "type, " + ", ".join(RUN_FIELDS),
+            [(t, *(RUN_FIELD_EFFECTS[t].get(f) for f in RUN_FIELDS)) for t in RUN_FIELD_EFFECTS],
+            ("VARCHAR",) * (1 + len(RUN_FIELDS)),
+        ),
+        "CREATE OR REPLACE TEMP TABLE _approval_answer AS "
+        + _values("type, status", list(APPROVAL_STATUS.items()), ("VARCHAR", "VARCHAR")),
+        "CREATE OR REPLACE TEMP TABLE _initial AS "
+        + _values(
+            "run_status, task_status, attempt, iteration, approval_status",
+            [(INITIAL_RUN_STATUS, INITIAL_TASK_STATUS, _NEW_TASK.attempt, _NEW_TASK.iteration, APPROVAL_PENDING)],
+            ("VARCHAR", "VARCHAR", "BIGINT", "BIGINT", "VARCHAR"),
         ),
     ]

@@ -1,15 +1,31 @@
--- The store's SQL views. Loaded into every query connection (store/query.py).
+-- The store's SQL views and table macros. Loaded into every query connection (store/query.py).
 --
 -- They read two relations the query engine brings up to date before each query:
 --   _events_raw    every event: open segments (read incrementally) + Parquet,
 --                  with ts_us = UTC microseconds since the epoch (exact, BIGINT)
 --   _workflow_defs one row per registered workflow version: definition (JSON)
 -- and the lookup tables generated from store/statuses.py (_run_status,
--- _attempt_end, _attempt_end_by_reason, _task_status, _attempt_open_status),
--- which hold every event-type -> status decision: no status is decided here.
--- The only words this file compares with are the runs.tasks_* bucket names and
--- the event types that select rows ('RunStarted', 'TaskStarted'); the tests
--- check those against kernelflow.events.
+-- _attempt_end, _attempt_end_by_reason, _task_status, _attempt_open_status,
+-- _task_effect, _run_effect, _approval_answer, _initial), which hold every
+-- event-type -> status decision and say which event writes which field: no
+-- status is decided here. The only words this file compares with are the
+-- runs.tasks_* bucket names, the effect words of statuses.py ('set', 'next')
+-- and the event types that select rows ('RunStarted', 'ApprovalRequested', ...);
+-- the tests check those against kernelflow.events and store/statuses.py.
+--
+-- arg_max(x, seq) skips the rows where x is NULL, so "what the last writer
+-- left, NULL included" is written arg_max({'v': x}, seq).v throughout.
+
+-- A JSON null read from a payload is SQL NULL, as the reducer's None is.
+CREATE OR REPLACE MACRO _json_or_null(j) AS CASE WHEN CAST(j AS VARCHAR) = 'null' THEN NULL ELSE j END;
+
+-- Time-travel points: an integer is a seq; anything else must read as a
+-- timestamp (naive = UTC, as the session is), whose epoch micros this gives.
+-- (DuckDB's integer types are the ones whose names end in int or integer.)
+CREATE OR REPLACE MACRO _point_is_seq(point) AS regexp_matches(lower(typeof(point)), '(int|integer)$');
+CREATE OR REPLACE MACRO _point_us(point) AS
+    CASE WHEN _point_is_seq(point) THEN NULL
+         ELSE epoch_us(TRY_CAST(CAST(point AS VARCHAR) AS TIMESTAMPTZ)) END;
 
 -- events: one row per event, as appended.
 CREATE OR REPLACE VIEW events AS
@@ -17,12 +33,12 @@ SELECT event_id, run_id, seq, make_timestamp(ts_us) AS ts, type, workflow, workf
        task_id, attempt, payload, actor
 FROM _events_raw;
 
--- runs: one row per run.
+-- runs: one row per run, as the reducer folds it.
 CREATE OR REPLACE VIEW runs AS
 WITH per_run AS (
     SELECT run_id,
-           arg_min(workflow, seq) AS workflow,
-           arg_min(workflow_version, seq) AS workflow_version,
+           arg_min(workflow, seq) AS first_workflow,
+           arg_min(workflow_version, seq) AS first_version,
            min(ts_us) AS first_us,
            count(*) AS events,
            max(seq) AS last_seq
@@ -30,52 +46,66 @@ WITH per_run AS (
     GROUP BY run_id
 ),
 run_level AS (
-    -- The last run-level event decides: a resumed run is 'running' again.
+    -- The last run-level event decides the status (a resumed run is 'running'
+    -- again); each field is what its last writer left: a resume clears
+    -- ended_at and continues with the version its RunResumed names.
     SELECT e.run_id,
            arg_max(s.status, e.seq) AS status,
-           arg_max(CASE WHEN s.ends_run THEN e.ts_us END, e.seq) AS ended_us
+           arg_max(e.workflow, e.seq) FILTER (WHERE f.workflow = 'set') AS workflow,
+           arg_max(e.workflow_version, e.seq) FILTER (WHERE f.workflow_version = 'set') AS workflow_version,
+           (arg_max({'v': CASE WHEN f.ended_at = 'set' THEN e.ts_us END}, e.seq)
+               FILTER (WHERE f.ended_at IS NOT NULL)).v AS ended_us
     FROM _events_raw e
     JOIN _run_status s ON s.type = e.type
+    LEFT JOIN _run_effect f ON f.type = e.type
     GROUP BY e.run_id
 ),
 started AS (
-    -- The latest RunStarted, as the reducer keeps it (a resume starts again).
-    SELECT run_id,
-           arg_max(ts_us, seq) AS started_us,
-           arg_max(payload, seq) AS payload,
-           arg_max(actor, seq) AS actor
-    FROM _events_raw
-    WHERE type = 'RunStarted'
-    GROUP BY run_id
+    -- The latest start, as the reducer keeps it: its time, inputs and actor.
+    SELECT e.run_id,
+           arg_max(e.ts_us, e.seq) AS started_us,
+           arg_max(e.payload, e.seq) AS payload,
+           arg_max(e.actor, e.seq) AS actor
+    FROM _events_raw e
+    SEMI JOIN _run_effect f ON f.type = e.type AND f.started_at = 'set'
+    GROUP BY e.run_id
 ),
 task_status AS (
     -- A task's status is its last task-level event's, as in the reducer, so a
-    -- task a resumed run re-ran counts once, as it is now.
+    -- task a resumed run re-ran (or a loop reset) counts once, as it is now.
     SELECT e.run_id,
            e.task_id,
-           arg_max(t.bucket, e.seq) AS bucket
+           arg_max({'b': t.bucket}, e.seq).b AS bucket
     FROM _events_raw e
     JOIN _task_status t ON t.type = e.type
     WHERE e.task_id IS NOT NULL
     GROUP BY e.run_id, e.task_id
 ),
+declared_tasks AS (
+    SELECT DISTINCT e.run_id, unnest(from_json(e.payload -> 'tasks', '["VARCHAR"]')) AS task_id
+    FROM _events_raw e
+    SEMI JOIN _run_effect f ON f.type = e.type AND f.tasks = 'set'
+),
 task_counts AS (
+    -- The tasks the reducer knows: those a start or a resume lists, and any with events.
     SELECT run_id,
-           count(*) FILTER (WHERE bucket = 'succeeded') AS tasks_succeeded,
-           count(*) FILTER (WHERE bucket = 'failed') AS tasks_failed,
-           count(*) FILTER (WHERE bucket = 'skipped') AS tasks_skipped
-    FROM task_status
+           count(*) AS tasks_total,
+           count(*) FILTER (WHERE t.bucket = 'succeeded') AS tasks_succeeded,
+           count(*) FILTER (WHERE t.bucket = 'failed') AS tasks_failed,
+           count(*) FILTER (WHERE t.bucket = 'skipped') AS tasks_skipped
+    FROM declared_tasks d
+    FULL OUTER JOIN task_status t USING (run_id, task_id)
     GROUP BY run_id
 )
 SELECT p.run_id,
-       p.workflow,
-       p.workflow_version,
+       coalesce(r.workflow, p.first_workflow) AS workflow,
+       coalesce(r.workflow_version, p.first_version) AS workflow_version,
        r.status,
        make_timestamp(coalesce(s.started_us, p.first_us)) AS started_at,
        make_timestamp(r.ended_us) AS ended_at,
        (r.ended_us - coalesce(s.started_us, p.first_us)) / 1e6 AS duration_s,
        s.payload -> 'inputs' AS inputs,
-       CAST(json_array_length(s.payload -> 'tasks') AS BIGINT) AS tasks_total,
+       coalesce(c.tasks_total, 0) AS tasks_total,
        coalesce(c.tasks_succeeded, 0) AS tasks_succeeded,
        coalesce(c.tasks_failed, 0) AS tasks_failed,
        coalesce(c.tasks_skipped, 0) AS tasks_skipped,
@@ -192,3 +222,237 @@ WHERE r.status = 'failed'
   AND r.run_id NOT IN (SELECT run_id FROM handled)
   AND r.run_id NOT IN (SELECT run_id FROM children)
 ORDER BY failed_at, run_id;
+
+-- state_at(run_id, point): the run as the reducer folds it up to `point`, one
+-- row per task known then. `point` is a seq (an integer: the events with
+-- seq <= point) or a timestamp (TIMESTAMP, TIMESTAMPTZ, DATE or text; naive is
+-- UTC: the events up to the first one recorded after it). An unknown run, or a
+-- point before the run started, gives no rows. (The first parameter is named
+-- `run`: DuckDB refuses a macro parameter named like a column of a temporary
+-- table the macro reads.)
+CREATE OR REPLACE MACRO state_at(run, point) AS TABLE
+WITH run_events AS (
+    SELECT e.seq, e.ts_us, e.type, e.task_id, e.attempt, e.payload
+    FROM _events_raw e
+    WHERE e.run_id = run
+),
+cut AS (
+    -- A timestamp cuts the history at the first event recorded after it, so
+    -- the state at a time is always a prefix the reducer can fold, even if a
+    -- clock stepped back between two events.
+    SELECT CASE
+               WHEN _point_is_seq(point) THEN TRY_CAST(CAST(point AS VARCHAR) AS BIGINT)
+               WHEN _point_us(point) IS NULL THEN error(
+                   'state_at(run_id, point): point must be a seq (an integer) or a timestamp '
+                   || '(TIMESTAMP, or text such as ''2026-11-20 10:04:00'', UTC), not '
+                   || coalesce(CAST(point AS VARCHAR), 'null'))
+               ELSE coalesce(b.first_after - 1, b.last)
+           END AS seq
+    FROM (
+        SELECT min(e.seq) FILTER (WHERE e.ts_us > _point_us(point)) AS first_after, max(e.seq) AS last
+        FROM run_events e
+    ) b
+),
+upto AS (
+    SELECT e.* FROM run_events e, cut WHERE e.seq <= cut.seq
+),
+run_now AS (
+    SELECT max(e.seq) AS last_seq,
+           coalesce(arg_max(s.status, e.seq), (SELECT run_status FROM _initial)) AS run_status
+    FROM upto e
+    LEFT JOIN _run_status s ON s.type = e.type
+),
+task_events AS (
+    SELECT e.seq, e.ts_us, e.task_id, e.attempt, e.payload, s.status,
+           f.attempt AS fx_attempt, f.iteration AS fx_iteration, f.started_at AS fx_started,
+           f.ended_at AS fx_ended, f.output AS fx_output, f.error AS fx_error, f.reason AS fx_reason
+    FROM upto e
+    JOIN _task_status s ON s.type = e.type
+    LEFT JOIN _task_effect f ON f.type = e.type
+    WHERE e.task_id IS NOT NULL
+),
+appearances AS (
+    -- Where each task first became known, to list them in the reducer's order.
+    SELECT e.seq, d.idx, d.task_id
+    FROM upto e
+    SEMI JOIN _run_effect f ON f.type = e.type AND f.tasks = 'set'
+    CROSS JOIN LATERAL (
+        SELECT unnest(l) AS task_id, generate_subscripts(l, 1) AS idx
+        FROM (SELECT from_json(e.payload -> 'tasks', '["VARCHAR"]') AS l)
+    ) d
+    UNION ALL
+    SELECT seq, 0, task_id FROM task_events
+),
+known AS (
+    SELECT task_id, min({'seq': seq, 'idx': idx}) AS first
+    FROM appearances
+    GROUP BY task_id
+),
+fields AS (
+    -- Each field is what the last event writing it left: its value, or NULL if it cleared it.
+    SELECT task_id,
+           arg_max(status, seq) AS status,
+           (arg_max({'v': CASE WHEN fx_started = 'set' THEN ts_us END}, seq)
+               FILTER (WHERE fx_started IS NOT NULL)).v AS started_us,
+           (arg_max({'v': CASE WHEN fx_ended = 'set' THEN ts_us END}, seq)
+               FILTER (WHERE fx_ended IS NOT NULL)).v AS ended_us,
+           (arg_max({'v': CASE WHEN fx_output = 'set' THEN payload -> 'output' END}, seq)
+               FILTER (WHERE fx_output IS NOT NULL)).v AS output,
+           (arg_max({'v': CASE WHEN fx_output = 'set' THEN payload -> 'output_ref' END}, seq)
+               FILTER (WHERE fx_output IS NOT NULL)).v AS output_ref,
+           (arg_max({'v': CASE WHEN fx_error = 'set' THEN payload -> 'error' END}, seq)
+               FILTER (WHERE fx_error IS NOT NULL)).v AS error,
+           (arg_max({'v': CASE WHEN fx_reason = 'set' THEN payload ->> 'reason' END}, seq)
+               FILTER (WHERE fx_reason IS NOT NULL)).v AS reason
+    FROM task_events
+    GROUP BY task_id
+),
+counter_steps AS (
+    -- Counters ('next'): an event carrying its own number sets it, one without adds 1.
+    SELECT task_id, 'attempt' AS field, seq, coalesce(attempt, 0) <> 0 AS explicit, attempt AS value
+    FROM task_events
+    WHERE fx_attempt = 'next'
+    UNION ALL
+    SELECT task_id, 'iteration', seq, (payload -> 'iteration') IS NOT NULL,
+           TRY_CAST(payload ->> 'iteration' AS BIGINT)
+    FROM task_events
+    WHERE fx_iteration = 'next'
+),
+last_explicit AS (
+    SELECT task_id, field, max(seq) FILTER (WHERE explicit) AS seq
+    FROM counter_steps
+    GROUP BY task_id, field
+),
+counters AS (
+    -- The last explicit number (or the initial value) plus the steps after it.
+    SELECT c.task_id,
+           bool_or(c.field = 'attempt') AS has_attempt,
+           max(c.value) FILTER (WHERE c.field = 'attempt') AS attempt,
+           bool_or(c.field = 'iteration') AS has_iteration,
+           max(c.value) FILTER (WHERE c.field = 'iteration') AS iteration
+    FROM (
+        SELECT s.task_id, s.field,
+               CASE WHEN bool_or(s.explicit) THEN max(s.value) FILTER (WHERE s.explicit)
+                    WHEN s.field = 'attempt' THEN (SELECT attempt FROM _initial)
+                    ELSE (SELECT iteration FROM _initial) END
+               + count(*) FILTER (WHERE NOT s.explicit) AS value
+        FROM counter_steps s
+        JOIN last_explicit l USING (task_id, field)
+        WHERE l.seq IS NULL OR s.seq >= l.seq
+        GROUP BY s.task_id, s.field
+    ) c
+    GROUP BY c.task_id
+)
+SELECT CAST(run AS VARCHAR) AS run_id,
+       k.task_id,
+       coalesce(f.status, i.task_status) AS status,
+       CASE WHEN c.has_attempt THEN c.attempt ELSE i.attempt END AS attempt,
+       CASE WHEN c.has_iteration THEN c.iteration ELSE i.iteration END AS iteration,
+       make_timestamp(f.started_us) AS started_at,
+       make_timestamp(f.ended_us) AS ended_at,
+       _json_or_null(f.output) AS output,
+       _json_or_null(f.output_ref) AS output_ref,
+       _json_or_null(f.error) AS error,
+       f.reason,
+       r.last_seq,
+       r.run_status
+FROM known k
+LEFT JOIN fields f USING (task_id)
+LEFT JOIN counters c USING (task_id)
+CROSS JOIN run_now r
+CROSS JOIN _initial i
+ORDER BY k.first;
+
+-- runs_active_at(ts): the runs under way at `ts` (started and not ended:
+-- running or waiting), with the version and status they had then. `ts` is
+-- read as in state_at, and so is each run's history up to it.
+CREATE OR REPLACE MACRO runs_active_at(ts) AS TABLE
+WITH point AS (
+    SELECT CASE WHEN _point_us(ts) IS NULL THEN error(
+                    'runs_active_at(ts): ts must be a timestamp (TIMESTAMP, or text such as '
+                    || '''2026-11-20 10:04:00'', UTC), not ' || coalesce(CAST(ts AS VARCHAR), 'null'))
+                ELSE _point_us(ts) END AS us
+),
+first_after AS (
+    SELECT e.run_id, min(e.seq) AS seq
+    FROM _events_raw e, point p
+    WHERE e.ts_us > p.us
+    GROUP BY e.run_id
+),
+upto AS (
+    SELECT e.*
+    FROM _events_raw e
+    LEFT JOIN first_after a USING (run_id)
+    WHERE a.seq IS NULL OR e.seq < a.seq
+),
+run_level AS (
+    SELECT e.run_id,
+           arg_max(s.status, e.seq) AS status,
+           arg_max(s.ends_run, e.seq) AS ended,
+           arg_min(e.workflow, e.seq) AS first_workflow,
+           arg_min(e.workflow_version, e.seq) AS first_version,
+           arg_max(e.workflow, e.seq) FILTER (WHERE f.workflow = 'set') AS workflow,
+           arg_max(e.workflow_version, e.seq) FILTER (WHERE f.workflow_version = 'set') AS workflow_version,
+           arg_max(e.ts_us, e.seq) FILTER (WHERE f.started_at = 'set') AS started_us
+    FROM upto e
+    JOIN _run_status s ON s.type = e.type
+    LEFT JOIN _run_effect f ON f.type = e.type
+    GROUP BY e.run_id
+)
+SELECT run_id,
+       coalesce(workflow, first_workflow) AS workflow,
+       coalesce(workflow_version, first_version) AS workflow_version,
+       status,
+       make_timestamp(started_us) AS started_at
+FROM run_level
+WHERE NOT ended
+ORDER BY started_at, run_id;
+
+-- approvals: one row per approval requested (`seq` is the request's), with the
+-- answer it got: the first answer for that task after the request, before any
+-- later request.
+CREATE OR REPLACE VIEW approvals AS
+WITH requests AS (
+    SELECT e.run_id, e.seq, e.ts_us, e.workflow, e.task_id, e.payload,
+           lead(e.seq) OVER (PARTITION BY e.run_id, e.task_id ORDER BY e.seq) AS next_request_seq
+    FROM _events_raw e
+    WHERE e.type = 'ApprovalRequested'
+),
+answer_events AS (
+    SELECT e.run_id, e.task_id, e.seq, e.ts_us, e.payload, a.status
+    FROM _events_raw e
+    JOIN _approval_answer a ON a.type = e.type
+),
+answers AS (
+    SELECT r.run_id,
+           r.seq,
+           arg_min({'status': a.status, 'ts_us': a.ts_us, 'payload': a.payload}, a.seq) AS answer
+    FROM requests r
+    JOIN answer_events a
+      ON a.run_id = r.run_id AND a.task_id = r.task_id AND a.seq > r.seq
+     AND (r.next_request_seq IS NULL OR a.seq < r.next_request_seq)
+    GROUP BY r.run_id, r.seq
+)
+SELECT r.run_id,
+       r.workflow,
+       r.task_id,
+       TRY_CAST(r.payload ->> 'iteration' AS BIGINT) AS iteration,
+       make_timestamp(r.ts_us) AS requested_at,
+       r.payload ->> 'message' AS message,
+       _json_or_null(r.payload -> 'preview') AS preview,
+       _json_or_null(r.payload -> 'input_schema') AS input_schema,
+       make_timestamp(TRY_CAST(r.payload ->> 'expires_at' AS BIGINT)) AS expires_at,
+       coalesce(n.answer.status, i.approval_status) AS status,
+       n.answer.payload ->> 'outcome' AS outcome,
+       -- an expiry has no answerer: it happened when it was recorded
+       make_timestamp(coalesce(TRY_CAST(n.answer.payload ->> 'answered_at' AS BIGINT), n.answer.ts_us)) AS answered_at,
+       coalesce(n.answer.payload -> 'by' ->> 'name', n.answer.payload -> 'by' ->> 'user') AS answered_by,
+       _json_or_null(n.answer.payload -> 'by') AS "by",
+       _json_or_null(n.answer.payload -> 'input') AS input,
+       n.answer.payload ->> 'comment' AS comment,
+       n.answer.payload ->> 'reason' AS reason,
+       r.seq
+FROM requests r
+LEFT JOIN answers n USING (run_id, seq)
+CROSS JOIN _initial i
+ORDER BY requested_at, r.run_id, r.seq;

@@ -23,6 +23,7 @@ from kernelflow.events import Event
 from kernelflow.exceptions import NotAStoreError, StoreError, StoreVersionError
 from kernelflow.reducer import fold
 from kernelflow.store import FolderStore
+from kernelflow.store.problems import StoreDamageWarning
 from kernelflow.store.query import load_views_sql
 
 BASE_TS = 1_795_000_000_000_000  # 2026-11-18, in UTC microseconds
@@ -322,7 +323,7 @@ def test_opening_and_reading_creates_nothing(tmp_path: Path) -> None:
 
     store.append(E("r", 0, ev.RUN_STARTED))
     marker = json.loads((path / "store.json").read_text())
-    assert marker["kind"] == "kernelflow-store" and marker["schema_version"] == 1
+    assert marker["kind"] == "kernelflow-store" and marker["schema_version"] == layout_mod.SCHEMA_VERSION
     assert marker["created_at"].endswith("Z") and marker["migrations"] == []
     store.close()
 
@@ -385,7 +386,7 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     message = str(info.value)
     assert str(marker) in message
     assert "schema version 7" in message and "kernelflow 9.0.0" in message
-    assert "supports schema version 1" in message
+    assert f"supports schema version {layout_mod.SCHEMA_VERSION}" in message
     assert "pip install -U kernelflow" in message and "another folder" in message
 
 
@@ -400,15 +401,16 @@ def test_older_schema_is_migrated_once(tmp_path: Path, monkeypatch: pytest.Monke
         (root / "notes").mkdir(exist_ok=True)
 
     # Pretend this code is one schema ahead of the store on disk.
-    monkeypatch.setattr(layout_mod, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(layout_mod, "MIGRATIONS", [(2, "add_notes_folder", add_notes_folder)])
+    now = layout_mod.SCHEMA_VERSION
+    monkeypatch.setattr(layout_mod, "SCHEMA_VERSION", now + 1)
+    monkeypatch.setattr(layout_mod, "MIGRATIONS", [*layout_mod.MIGRATIONS, (now + 1, "add_notes_folder", add_notes_folder)])
     migrated = FolderStore(tmp_path / "store")
     assert calls == [tmp_path / "store"] and (tmp_path / "store" / "notes").is_dir()
     marker = json.loads((tmp_path / "store" / "store.json").read_text())
-    assert marker["schema_version"] == 2 and migrated.schema_version == 2
-    assert [(m["to_version"], m["name"]) for m in marker["migrations"]] == [(2, "add_notes_folder")]
+    assert marker["schema_version"] == now + 1 and migrated.schema_version == now + 1
+    assert [(m["to_version"], m["name"]) for m in marker["migrations"]] == [(now + 1, "add_notes_folder")]
     assert migrated.read_run("r")[0].seq == 0
-    FolderStore(tmp_path / "store")  # already at 2: nothing runs again
+    FolderStore(tmp_path / "store")  # already there: nothing runs again
     assert len(calls) == 1
 
 
@@ -418,11 +420,12 @@ def test_failed_migration_leaves_the_store_at_its_version(tmp_path: Path, monkey
     def broken(root: Path) -> None:
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(layout_mod, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(layout_mod, "MIGRATIONS", [(2, "broken", broken)])
-    with pytest.raises(StoreError, match=r"migration 'broken'.*disk on fire.*left at schema version 1"):
+    now = layout_mod.SCHEMA_VERSION
+    monkeypatch.setattr(layout_mod, "SCHEMA_VERSION", now + 1)
+    monkeypatch.setattr(layout_mod, "MIGRATIONS", [*layout_mod.MIGRATIONS, (now + 1, "broken", broken)])
+    with pytest.raises(StoreError, match=rf"migration 'broken'.*disk on fire.*left at schema version {now}"):
         FolderStore(tmp_path / "store")
-    assert json.loads((tmp_path / "store" / "store.json").read_text())["schema_version"] == 1
+    assert json.loads((tmp_path / "store" / "store.json").read_text())["schema_version"] == now
 
 
 # --- damaged segments, compaction ------------------------------------------------------
@@ -442,10 +445,12 @@ def test_torn_and_garbage_lines_are_ignored(tmp_store: FolderStore) -> None:
         + good[3].to_json_line()
         + E("r", 4, ev.TASK_SUCCEEDED, "a", 1).to_json_line()[:40]
     )
-    assert tmp_store.read_run("r") == good
+    with pytest.warns(StoreDamageWarning, match=r"damaged lines \(lines 2, 3\).*otherhost-999-1-deadbeef"):
+        assert tmp_store.read_run("r") == good
     assert tmp_store.sql("SELECT count(*) FROM events").item() == 4
     assert tmp_store.compact() == 1
     assert not seg.exists() and (tmp_store.layout.events / f"{seg.stem}.parquet").exists()
+    assert (tmp_store.path / "quarantine" / seg.name).exists()  # damaged: put aside, not deleted
     assert tmp_store.read_run("r") == good
 
 
