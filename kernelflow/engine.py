@@ -28,7 +28,6 @@ import os
 import queue
 import random
 import time
-import warnings
 from collections import deque
 from typing import Any, Callable, Mapping
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from . import events as ev
 from .exceptions import KernelflowError
-from .reducer import RunState, TaskState, fold
+from .reducer import RunState, TaskState
 
 if TYPE_CHECKING:  # pragma: no cover
     import polars as pl

@@ -396,7 +396,7 @@ def test_replay_reports_the_first_task_that_now_differs() -> None:
     events_before = len(run.store.read_run(run.run_id))
     same = run.replay()
     assert same.ok and not same.version_changed and calls == [1]
-    changed = compile_cell("rp", src.replace("fetch + 1", "fetch - 1"), ns)
+    compile_cell("rp", src.replace("fetch + 1", "fetch - 1"), ns)  # redefines "rp": the current definition
     report = run.replay()  # with the current definition: the changed one
     assert report.version_changed and not report.ok
     assert (report.first.task, report.first.kind) == ("add", "output")
