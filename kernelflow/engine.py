@@ -779,7 +779,7 @@ class _Driver:
     def submit(self, key: Any, tid: str, attempt: int, fn: Callable[..., Any], kwargs: dict[str, Any], meta: dict[str, Any]) -> None:
         timeout = self.plan[tid][4]
         own = meta.get("own_timeout", False)
-        alone = not self.running and not self.ready and not self.retry_heap and not self.frames
+        alone = not self.running and not self.ready and not self.retry_heap and not self.frames and not self.gates and not self.sleepers
         path = meta["frame"].path + (meta["index"],) if meta.get("kind") == "item" else ()
         ctx = TaskContext(self.run.run_id, self.wf.name, tid, attempt, self.tasks_state[tid].iteration, path, self.run)
         call = TaskCall(self.run.run_id, tid, attempt, bind(ctx, fn), kwargs, None if own else timeout, alone)

@@ -427,3 +427,30 @@ def test_a_waiting_run_in_an_interactive_session_goes_on_when_answered_elsewhere
     wait_for(lambda: run.status == "succeeded", what="the watcher to continue the run")  # the user's own handle
     run.wait(10)
     assert run["publish"]["table"] == "w"
+
+
+def test_a_branch_listed_after_a_gate_does_not_block_the_driver_from_seeing_answers() -> None:
+    import threading
+
+    done = threading.Event()
+    threads: list[str] = []
+
+    def prepare():
+        return 1
+
+    @kf.approval("ok?")
+    def publish(prepare):
+        done.set()
+        return prepare
+
+    def busy(prepare):
+        threads.append(threading.current_thread().name)
+        done.wait(10)
+
+    wf = kf.workflow("gate_first", [prepare, publish, busy])
+    run = wf.start(run_id="r-gate-first")
+    wait_for(lambda: "publish" in run.waiting, what="the gate")
+    kf.approve("r-gate-first", "publish", resume=False)
+    run.wait(30)
+    assert run.status == "succeeded" and done.is_set()
+    assert threads and threads[0] != "kernelflow-run-r-gate-first"  # the branch did not run on the driver's thread
