@@ -217,7 +217,7 @@ def section(env: dict[str, str], cmd: str, ingest: dict[str, list[float]], n_ing
         "with DuckDB straight into Parquet (see the script's docstring for why and how). A fresh `FolderStore` "
         f"per layout; {samples} random runs, each timed once; `state_at` and the plain filter at a random seq.",
         "",
-        "| layout | files | built in | first query of a new handle | `read_run` median (p95) | "
+        "| layout | files | built in | first query of a new handle (`count(*)` of all events) | `read_run` median (p95) | "
         "`state_at(run, seq)` median (p95) | `events WHERE run_id = ? AND seq <= ?` median (p95) | row groups read |",
         "|---|---|---|---|---|---|---|---|",
     ]

@@ -18,6 +18,7 @@ from .api import diff, history, plugin_names, sql, workflows
 from .approvals import approvals, approve, reject
 from .durable import context, now, random, remember, sleep
 from .recovery import unfinished_runs
+from .retention_api import gc
 from .resume import fork, resume
 from .circuits import circuit, circuits
 from .dead_letters import dlq
@@ -78,6 +79,7 @@ __all__ = [
     "dlq",
     "for_each",
     "fork",
+    "gc",
     "fold",
     "history",
     "hookimpl",
