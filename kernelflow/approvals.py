@@ -9,6 +9,7 @@ driving process, which looks for answers while gates wait.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import time
 from dataclasses import dataclass
@@ -101,7 +102,7 @@ def _answer(run_id: str, step: str, *, granted: bool, by: str | None, comment: s
     request = int(gate["seq"])  # each request is answered once; a re-asked gate is a new request
     claimed = store.answers.read(run_id, step, request)
     if claimed is not None:
-        raise ApprovalError(f"step {step!r} of run {run_id} was already answered: {describe_claim(claimed)}")
+        raise ApprovalError(f"step {step!r} of run {run_id} was already answered: {describe(claimed)}")
     expires_at = gate.get("expires_at")
     if expires_at is not None and expires_at <= now_us():
         raise ApprovalError(
@@ -124,14 +125,14 @@ def _answer(run_id: str, step: str, *, granted: bool, by: str | None, comment: s
     }
     first = store.answers.claim(run_id, step, request, claim)
     if first is not None:
-        raise ApprovalError(f"step {step!r} of run {run_id} was already answered: {describe_claim(first)}")
+        raise ApprovalError(f"step {step!r} of run {run_id} was already answered: {describe(first)}")
     recorded = _record_if_nobody_drives(store, run_id, step, claim)
     answer = Answer(run_id, step, "granted" if granted else "rejected", actor, answered_at,
                     json_input if granted else None, reason, recorded)  # fmt: skip
     if resume and recorded:
         run = _resume_here(run_id)
         if run is not None:
-            answer = Answer(**{**answer.__dict__, "run": run})
+            answer = dataclasses.replace(answer, run=run)
     return answer
 
 
@@ -141,8 +142,12 @@ def _record_if_nobody_drives(store: Any, run_id: str, step: str, claim: Mapping[
         lease = store.lease(run_id)
         if lease is not None:
             break
+        # A live driver holds the run: it turns the claim into the event within
+        # a poll (engine.GATE_POLL_S); return as soon as it has.
+        if _answered(store, run_id, step):
+            return True
         if time.monotonic() >= deadline:
-            return False  # a live driver holds the run: it turns the claim into the event
+            return False
         time.sleep(0.05)
     try:
         events = store.read_run(run_id)
@@ -158,6 +163,11 @@ def _record_if_nobody_drives(store: Any, run_id: str, step: str, claim: Mapping[
         return True
     finally:
         lease.release()
+
+
+def _answered(store: Any, run_id: str, step: str) -> bool:
+    task = fold(store.read_run(run_id), run_id).tasks.get(step)
+    return task is not None and task.status != "waiting" and bool(task.answer)
 
 
 def _resume_here(run_id: str) -> Run | None:
@@ -200,9 +210,6 @@ def describe(answer: Mapping[str, Any]) -> str:
     if kind == ev.APPROVAL_REJECTED:
         return f"rejected by {who}{when}" + (f" ({answer.get('reason')})" if answer.get("reason") else "")
     return f"expired at {us_to_datetime(answer['expires_at']):%Y-%m-%d %H:%M:%S} UTC (outcome {answer.get('outcome')})"
-
-
-describe_claim = describe
 
 
 def how_to_answer(run_id: str, waiting: list[Mapping[str, Any]]) -> str:

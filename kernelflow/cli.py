@@ -121,7 +121,7 @@ def _execute_notebook(notebook: Path, output: Path, parameters: dict[str, Any], 
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .resume import ResumeError, load_history, resume, started_payload
+    from .resume import load_history, resume, started_payload
     from .store_access import use_store
 
     if args.store:
@@ -139,10 +139,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
         sys.path.insert(0, str(Path(source).resolve().parent))
         workflow = load(Path(source), {})
-    try:
-        run = resume(args.run_id, workflow=workflow, raise_on_failure=False)
-    except ResumeError:
-        raise
+    run = resume(args.run_id, workflow=workflow, raise_on_failure=False)
     print(run.summary())
     return _exit_for(run.status)
 

@@ -344,8 +344,6 @@ def fork(run_id: str, from_step: str, *, workflow: Workflow | None = None, wait:
                 f"cannot fork run {run_id} from {from_step!r}: upstream step {tid!r} did not succeed there "
                 f"({t.status if t else 'never ran'}); fork from {tid!r} instead"
             )
-        if not t.output_stored and t.output is None and not t.output_ref:
-            pass  # a None output is stored inline as None
         outputs[tid] = {"output": t.output, "output_ref": t.output_ref, "output_type": t.output_type, "stored": t.output_stored}
     declared = {i.name for i in wf.inputs}
     unknown = [k for k in new_inputs if k not in declared]

@@ -50,6 +50,7 @@ KIND_KEYS = {
     "shell": ("argv", "shell", "cwd", "env", "inherit_env", "max_output", "stdin"),
     "http": ("method", "url", "headers", "json", "params", "max_body"),
 }
+SLEEP_KEYS = ("id", "sleep", "needs", "after", "when")
 ALL_KEYS = COMMON_KEYS + tuple(k for keys in KIND_KEYS.values() for k in keys)
 
 
@@ -304,6 +305,13 @@ def _build_step(
         subworkflow = (name, version or None)
         action = {"workflow": name, "version": version or None}
     elif kind == "sleep":
+        extra = [k for k in opts if k not in SLEEP_KEYS]
+        if extra:
+            raise DefinitionError(
+                f"{what}: a sleep step waits and does nothing else, so {extra[0]!r} means nothing for it",
+                location=locate(extra[0]),
+                hint="allowed with sleep: " + ", ".join(k for k in SLEEP_KEYS if k != "id"),
+            )
         try:
             action = {"seconds": parse_duration(opts["sleep"], what="sleep")}
         except ValueError as exc:

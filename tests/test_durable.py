@@ -217,6 +217,9 @@ def test_a_driving_process_picks_up_an_answer_given_elsewhere(tmp_path: Path) ->
         [sys.executable, "-m", "kernelflow", "approve", run.run_id, "publish", "-i", "table", "t1"], capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
+    assert "granted" in out.stdout
+    answer = next(e for e in open_store().read_run(run.run_id) if e.type == ev.APPROVAL_GRANTED)
+    assert answer.actor["pid"] != os.getpid()  # recorded by this driver for the answering process
     gate.touch()
     run.wait(30)
     assert run.status == "succeeded" and run["publish"]["table"] == "t1"
@@ -454,3 +457,22 @@ def test_a_branch_listed_after_a_gate_does_not_block_the_driver_from_seeing_answ
     run.wait(30)
     assert run.status == "succeeded" and done.is_set()
     assert threads and threads[0] != "kernelflow-run-r-gate-first"  # the branch did not run on the driver's thread
+
+
+def test_an_answer_to_a_driven_run_reports_it_recorded_once_the_driver_has(tmp_path: Path) -> None:
+    gate = tmp_path / "go"
+    src = GATED + (
+        "import time, pathlib\n"
+        "def busy():\n"
+        f"    while not pathlib.Path({str(gate)!r}).exists():\n"
+        "        time.sleep(0.02)\n"
+        "    return 1\n"
+    )
+    run = compile_cell("gated_busy2", src, {}).start()
+    wait_for(lambda: "publish" in run.waiting, what="the gate")
+    answer = kf.approve(run.run_id, "publish", table="t2")
+    assert answer.recorded is True  # the driver turned the claim into the event; nothing left pending
+    assert open_store().lease_holder(run.run_id) is not None  # still driven: the driver recorded it, not us
+    gate.touch()
+    run.wait(30)
+    assert run["publish"]["table"] == "t2"

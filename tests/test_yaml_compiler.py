@@ -441,6 +441,7 @@ ERRORS = [
     ("tasks:\n  - id: a\n    run: shel\n", r"run: 'shel' is not something kernelflow can run \(did you mean 'shell'\?\)", "cell line 4, column 10"),
     ("tasks:\n  - id: a\n    run: shell\n    argv: [ls]\n    approval: {mesage: hi}\n", r"approval has no key 'mesage' \(did you mean 'message'\?\)", "cell line 6, column 15"),
     ("tasks:\n  - id: a\n    sleep: soon\n", r"sleep must be a duration", "cell line 4, column 12"),
+    ("tasks:\n  - id: a\n    sleep: 1s\n    retries: 2\n", r"a sleep step waits and does nothing else, so 'retries' means nothing for it", "cell line 5, column 14"),
     ("tasks:\n  - id: a\n    run: shell\n    argv: [ls]\n    sleep: 1s\n", r"sleep is a step of its own", "cell line 6, column 12"),
     # model-level problems are placed at the step's line
     (
