@@ -148,9 +148,11 @@ def prepare_run(
     masker: Any = None,
     options: Mapping[str, Any] | None = None,
     into: Run | None = None,
+    observed: bool = True,
 ) -> Run:
     """A :class:`Run` ready to drive (``into``: re-initialise that handle instead
-    of making a new one, so ``run.resume()`` updates the object users hold)."""
+    of making a new one, so ``run.resume()`` updates the object users hold;
+    ``observed=False``: no plugin observers, for runs nobody watches live)."""
     _register_once(store, workflow)
     if into is not None:
         Run.__init__(into, workflow, run_id, inputs, store, raise_on_failure=raise_on_failure,
@@ -159,8 +161,9 @@ def prepare_run(
     else:
         run = Run(workflow, run_id, inputs, store, raise_on_failure=raise_on_failure, parent_info=parent_info,
                   masker=masker, options=options)  # fmt: skip
-    for found in get_plugin_manager().hook.kernelflow_run_observers(run=run):
-        run._observers.extend(found or ())
+    if observed:
+        for found in get_plugin_manager().hook.kernelflow_run_observers(run=run):
+            run._observers.extend(found or ())
     return run
 
 

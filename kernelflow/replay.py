@@ -174,8 +174,8 @@ def replay(run_id: str, *, workflow: Workflow | None = None) -> ReplayReport:
     run = prepare_run(
         wf, run_id, stored_inputs(store, started, run_id), shadow, raise_on_failure=False,
         options={k: started[k] for k in ("deterministic",) if started.get(k)},
+        observed=False,  # a replay shows nothing live: observers may display as they are made
     )  # fmt: skip
-    run._observers.clear()  # a replay shows nothing live
     run._replaying = True
     run._recorded = Recorded.from_events(events)
     run._replay_source = _RecordedRun(events, state)

@@ -52,6 +52,14 @@ ATTEMPT_END_BY_REASON: dict[tuple[str, str], str] = {
 }
 """Overrides of the attempt status by ``payload.reason`` of the ending event."""
 
+ATTEMPT_INTERRUPTED: dict[str, tuple[str, bool]] = {
+    ev.TASK_RESET: ("interrupted", True),
+}
+"""Events that end an attempt nothing else ended: a resume's ``TaskReset``
+(``payload.resume`` true) closes the attempt a crash cut short; the task runs
+again as a new attempt. A loop's ``TaskReset`` follows an attempt that already
+ended, so it changes nothing here."""
+
 ATTEMPT_RUNNING = TASK_STATUS[ev.TASK_STARTED]
 """An attempt with ``TaskStarted`` and no ending event yet."""
 ATTEMPT_SCHEDULED = TASK_STATUS[ev.TASK_SCHEDULED]
@@ -167,6 +175,12 @@ def lookup_tables_sql() -> list[str]:
         + _values(
             "type, status, will_retry",
             [(t, s, r) for t, (s, r) in ATTEMPT_END.items()],
+            ("VARCHAR", "VARCHAR", "BOOLEAN"),
+        ),
+        "CREATE OR REPLACE TEMP TABLE _attempt_interrupted AS "
+        + _values(
+            "type, status, will_retry",
+            [(t, s, r) for t, (s, r) in ATTEMPT_INTERRUPTED.items()],
             ("VARCHAR", "VARCHAR", "BOOLEAN"),
         ),
         "CREATE OR REPLACE TEMP TABLE _attempt_end_by_reason AS "

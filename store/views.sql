@@ -5,7 +5,7 @@
 --                  with ts_us = UTC microseconds since the epoch (exact, BIGINT)
 --   _workflow_defs one row per registered workflow version: definition (JSON)
 -- and the lookup tables generated from store/statuses.py (_run_status,
--- _attempt_end, _attempt_end_by_reason, _task_status, _attempt_open_status,
+-- _attempt_end, _attempt_interrupted, _attempt_end_by_reason, _task_status, _attempt_open_status,
 -- _task_effect, _run_effect, _approval_answer, _initial), which hold every
 -- event-type -> status decision and say which event writes which field: no
 -- status is decided here. The only words this file compares with are the
@@ -146,16 +146,31 @@ ends AS (
     SEMI JOIN _attempt_end m ON m.type = e.type
     WHERE e.attempt IS NOT NULL AND e.task_id IS NOT NULL
     GROUP BY e.run_id, e.task_id, e.attempt
+),
+cut AS (
+    -- An attempt a crash cut short has no ending event; the resume's reset
+    -- of that attempt is where it ended.
+    SELECT e.run_id,
+           e.task_id,
+           e.attempt,
+           min(e.ts_us) AS ended_us,
+           any_value(i.status) AS status,
+           any_value(i.will_retry) AS will_retry
+    FROM _events_raw e
+    JOIN _attempt_interrupted i ON i.type = e.type
+    WHERE e.attempt IS NOT NULL AND e.task_id IS NOT NULL
+      AND TRY_CAST(e.payload ->> 'resume' AS BOOLEAN)
+    GROUP BY e.run_id, e.task_id, e.attempt
 )
 SELECT a.run_id,
        a.workflow,
        a.workflow_version,
        a.task_id,
        a.attempt,
-       coalesce(br.status, m.status, o.status) AS status,
-       coalesce(m.will_retry, false) AS will_retry,
+       coalesce(br.status, m.status, c.status, o.status) AS status,
+       coalesce(m.will_retry, c.will_retry, false) AS will_retry,
        make_timestamp(a.started_us) AS started_at,
-       make_timestamp(n.ended_us) AS ended_at,
+       make_timestamp(coalesce(n.ended_us, c.ended_us)) AS ended_at,
        -- The executor's own measure when it reports one, else the event gap.
        coalesce(TRY_CAST(n.payload ->> 'duration_ms' AS DOUBLE),
                 (n.ended_us - a.started_us) / 1e3) AS duration_ms,
@@ -164,6 +179,7 @@ SELECT a.run_id,
 FROM attempts a
 LEFT JOIN ends n USING (run_id, task_id, attempt)
 LEFT JOIN _attempt_end m ON m.type = n.type
+LEFT JOIN cut c USING (run_id, task_id, attempt)
 LEFT JOIN _attempt_end_by_reason br ON br.type = n.type AND br.reason = n.payload ->> 'reason'
 LEFT JOIN _attempt_open_status o ON o.started = a.started
 ORDER BY a.run_id, a.started_us NULLS LAST, a.task_id, a.attempt;
