@@ -20,6 +20,7 @@ from .durable import context, now, random, remember, sleep
 from .recovery import unfinished_runs
 from .retention_api import gc
 from .resume import fork, resume
+from .replay import replay  # the function: it shadows the module of the same name
 from .circuits import circuit, circuits
 from .dead_letters import dlq
 from .decorators import approval, for_each, task
@@ -91,6 +92,7 @@ __all__ = [
     "random",
     "reject",
     "remember",
+    "replay",
     "resume",
     "shell",
     "skip_to",

@@ -196,3 +196,14 @@ def test_a_replay_in_a_notebook_leaves_no_stale_progress_output(monkeypatch: pyt
     finally:
         plugin_host.unregister(plugin)
     assert not shown or ": pending ·" not in shown[-1], shown[-1]
+
+
+def test_kf_replay_is_the_function_and_replays_a_run_by_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KERNELFLOW_NO_WATCH", "1")
+
+    def one():
+        return 1
+
+    run = kf.workflow("replay_by_id", [one]).run()
+    report = kf.replay(run.run_id)
+    assert report.ok and report.run_id == run.run_id
