@@ -914,6 +914,11 @@ class _Driver:
             return  # a late report from an attempt already given up on (timeout, loop reset)
         meta = current[2]
         del self.running[key]
+        if outcome.logs:
+            self.emit(ev.TASK_LOGGED, call.task_id, call.attempt, {
+                "text": self.masker.text(outcome.logs), "truncated": outcome.logs_truncated,
+                **({"item": meta["index"]} if meta.get("kind") == "item" else {}),
+            })  # fmt: skip
         self.circuit_after(call.task_id, meta, outcome.error)
         if meta.get("kind") == "item":
             self.item_finished(meta["frame"], meta["index"], outcome.value, outcome.error, outcome.traceback or "")

@@ -57,6 +57,7 @@ BREAKPOINT_HIT = "BreakpointHit"  # task -> waiting (wf.run(break_before=...)); 
 BREAKPOINT_RELEASED = "BreakpointReleased"  # task -> scheduled; payload: replaced {param: stored value}
 SLEEP_STARTED = "SleepStarted"  # a sleep step -> sleeping; payload: seconds, wake_at (UTC us)
 SIDE_EFFECT_RECORDED = "SideEffectRecorded"  # kf.now/random/remember/sleep inside a task; payload: kind, call, scope, value | value_ref
+TASK_LOGGED = "TaskLogged"  # what an attempt printed/logged (tail; secrets masked); payload: text, truncated, item (forEach index)
 
 RUN_EVENT_TYPES = (RUN_STARTED, RUN_SUCCEEDED, RUN_FAILED, RUN_SUSPENDED, RUN_RESUMED)
 TASK_EVENT_TYPES = (
@@ -82,6 +83,7 @@ FLOW_EVENT_TYPES = (
     COMPENSATION_FAILED,
     DEAD_LETTER_RETRIED,
     DEAD_LETTER_DISCARDED,
+    TASK_LOGGED,
 )
 DURABLE_EVENT_TYPES = (
     APPROVAL_REQUESTED,

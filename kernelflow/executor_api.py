@@ -35,6 +35,8 @@ class TaskOutcome:
     value: Any = None
     error: BaseException | None = None
     traceback: str | None = None  # formatted where the exception happened
+    logs: str | None = None  # what the attempt printed or logged (tail), when captured
+    logs_truncated: bool = False
 
     @property
     def ok(self) -> bool:

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from kernelflow.executor_api import ExecutorSpec, TaskCall, TaskOutcome
 from kernelflow.plugins.hookspecs import hookimpl
+from kernelflow.task_logs import capture
 
 _STOP = object()
 
@@ -109,17 +110,19 @@ def run_attempt(call: TaskCall, inline: bool = False) -> TaskOutcome:
     ``inline``: on the thread driving the run, where an interrupt (the stop
     button in Jupyter) must stop the run rather than count as a task failure.
     """
-    try:
-        value = call.fn(**call.kwargs)
-        if inspect.isawaitable(value):
-            value = asyncio.run(_await(value))
-        return TaskOutcome(call, value=value)
-    except KeyboardInterrupt:
-        if inline:
-            raise
-        return TaskOutcome(call, error=KeyboardInterrupt(), traceback="KeyboardInterrupt\n")
-    except BaseException as exc:  # noqa: BLE001 - the task's failure is data for the engine
-        return TaskOutcome(call, error=exc, traceback=format_user_traceback(exc))
+    with capture() as out:
+        try:
+            value = call.fn(**call.kwargs)
+            if inspect.isawaitable(value):
+                value = asyncio.run(_await(value))
+            error, tb = None, None
+        except KeyboardInterrupt:
+            if inline:
+                raise
+            value, error, tb = None, KeyboardInterrupt(), "KeyboardInterrupt\n"
+        except BaseException as exc:  # noqa: BLE001 - the task's failure is data for the engine
+            value, error, tb = None, exc, format_user_traceback(exc)
+    return TaskOutcome(call, value=value, error=error, traceback=tb, logs=out.text or None, logs_truncated=out.truncated)
 
 
 async def _await(awaitable: Any) -> Any:
