@@ -1,74 +1,74 @@
-"""Live status for runs started from a notebook cell.
+"""Live DAGs for runs driven in this kernel.
 
-Until the live DAG widget lands, the status is an HTML output updated in
-place (``display_id``): counts and running tasks while the run goes, the
-coloured DAG when it ends. Updates are throttled so a run of thousands of
-quick tasks spends its time running tasks, not redrawing.
+A run started from a cell shows a :class:`~kernelflow.widgets.dag.DagWidget`
+in that cell's output, updated as events arrive (batched, at most one push
+per ``UPDATE_INTERVAL``, so a fast 500-task run spends its time on tasks).
+When the driver stops, the output is re-sent once so the saved notebook's
+static picture (``text/html``) shows the final colours, and a run that now
+waits at approval gates shows an approval widget for each.
+
+A resumed run (``run.resume()``, an approval answered, the watcher) reuses
+the widget already showing it instead of adding another.
 """
 
 from __future__ import annotations
 
-import html
-import time
 from typing import Any, Sequence
 
 from kernelflow.events import Event
 from kernelflow.plugins.hookspecs import hookimpl
 from kernelflow.run import Run
-from kernelflow.widgets.dag_static import STATUS_COLORS
-
-from .display import run_html
-
-UPDATE_INTERVAL = 0.25  # seconds between redraws while a run goes on
+from kernelflow.widgets.dag import DagWidget, live_widget
 
 
-class NotebookStatus:
-    """A :class:`~kernelflow.observer_api.RunObserver` that redraws one output."""
+class LiveDag:
+    """A :class:`~kernelflow.observer_api.RunObserver` that keeps one DAG widget current."""
 
     def __init__(self, run: Run) -> None:
-        from IPython.display import HTML, display
+        from IPython.display import display
 
-        self._HTML = HTML
-        self._last = 0.0
-        self._handle = display(HTML(self._progress_html(run)), display_id=True)
+        widget = live_widget(run.run_id)
+        self._handle = None
+        if widget is None:
+            widget = DagWidget.for_run(run)
+            self._handle = display(widget, display_id=True)
+        widget.attach(run)
+        self.widget = widget
+        self._gates_shown: set[tuple[str, int]] = set()
 
     def on_events(self, run: Run, events: Sequence[Event]) -> None:
-        now = time.monotonic()
-        if now - self._last < UPDATE_INTERVAL:
-            return
-        self._last = now
-        self._handle.update(self._HTML(self._progress_html(run)))
+        self.widget.push(run.state)
 
     def on_finish(self, run: Run) -> None:
-        self._handle.update(self._HTML(run_html(run)))
+        self.widget.detach(run)
+        if self._handle is not None:
+            self._handle.update(self.widget)
+        self._show_gates(run)
 
-    @staticmethod
-    def _progress_html(run: Run) -> str:
-        counts = run.state.counts()
-        total = len(run.workflow.tasks)
-        done = counts["succeeded"] + counts["failed"] + counts["timed_out"] + counts["skipped"]
-        parts = " · ".join(
-            f"<span style='color:{STATUS_COLORS[s][1]}'>{n} {s}</span>" for s, n in counts.items() if n
-        )
-        running = [t for t, s in run.state.tasks.items() if s.status in ("running", "retrying")][:8]
-        now_running = f"<br>running: {html.escape(', '.join(running))}" if running else ""
-        elapsed = run.duration or 0.0
-        return (
-            f"<div class='kernelflow-progress'><b>{html.escape(run.workflow.name)}</b> run "
-            f"<code>{run.run_id}</code>: {run.status} · {done}/{total} done · {elapsed:.1f} s<br>"
-            f"<progress max='{total}' value='{done}' style='width:20em'></progress> {parts}{now_running}</div>"
-        )
+    def _show_gates(self, run: Run) -> None:
+        from IPython.display import display
+
+        from kernelflow.widgets.approval import approval_widgets_for
+
+        fresh = []
+        for widget in approval_widgets_for(run):
+            key = (widget.task, widget.seq)
+            if key not in self._gates_shown:
+                self._gates_shown.add(key)
+                fresh.append(widget)
+        for widget in fresh:
+            display(widget)
 
 
 class NotebookStatusPlugin:
-    """Registered by the extension: watches runs started while a cell executes."""
+    """Registered by the extension: a live DAG for each run this kernel drives."""
 
     def __init__(self, ipython: Any) -> None:
         self._ipython = ipython
 
     @hookimpl
-    def kernelflow_run_observers(self, run: Run) -> list[NotebookStatus] | None:
-        # Only a kernel can update outputs in place; a terminal IPython gets none.
+    def kernelflow_run_observers(self, run: Run) -> list[LiveDag] | None:
+        # Widgets need a kernel to talk to; a terminal IPython gets none.
         if getattr(self._ipython, "kernel", None) is None:
             return None
-        return [NotebookStatus(run)]
+        return [LiveDag(run)]

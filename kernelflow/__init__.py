@@ -76,6 +76,7 @@ __all__ = [
     "circuit",
     "circuits",
     "context",
+    "dag",
     "diff",
     "dlq",
     "for_each",
@@ -103,11 +104,31 @@ __all__ = [
     "subworkflow",
     "switch",
     "task",
+    "timeline",
     "unfinished_runs",
     "use_store",
     "workflow",
     "workflows",
 ]
+
+
+def dag(target: Any) -> Any:
+    """The live DAG widget of a workflow, a :class:`Run` or a run id (read from the store).
+
+    A run that is not finished keeps updating the widget as its events arrive,
+    whoever drives it. Needs a notebook to show the widget; its static HTML
+    shows elsewhere.
+    """
+    from .widgets.dag import dag as make
+
+    return make(target)
+
+
+def timeline(target: Any) -> Any:
+    """A run's timeline (task bars over time) with a slider that scrubs the DAG through its history."""
+    from .widgets.timeline import timeline as make
+
+    return make(target)
 
 
 def load_ipython_extension(ipython: Any) -> None:

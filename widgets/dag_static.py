@@ -28,6 +28,8 @@ STATUS_COLORS: dict[str, tuple[str, str]] = {
     "failed": ("#fee2e2", "#dc2626"),
     "timed_out": ("#fee2e2", "#b91c1c"),
     "skipped": ("#f4f4f5", "#71717a"),
+    "waiting": ("#f3e8ff", "#9333ea"),  # an approval gate or a breakpoint
+    "sleeping": ("#ede9fe", "#7c3aed"),
 }
 SVG_TASK_LIMIT = 300  # beyond this a static picture is unreadable; show the text listing
 
