@@ -46,6 +46,8 @@ class LiveDag:
         self._show_gates(run)
 
     def _show_gates(self, run: Run) -> None:
+        if not any(g.get("kind") == "approval" for g in run.state.waiting.values()):
+            return
         from IPython.display import display
 
         from kernelflow.widgets.approval import approval_widgets_for

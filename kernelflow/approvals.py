@@ -13,7 +13,7 @@ import dataclasses
 import difflib
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence, overload
 
 from . import events as ev
 from .events import Event, current_actor, now_us, us_to_datetime
@@ -231,10 +231,130 @@ def how_to_answer(run_id: str, waiting: list[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def approvals(status: str | None = "pending") -> pl.DataFrame:
-    """Approval gates across runs (the ``approvals`` SQL view), newest first;
-    ``status``: ``pending`` (default), ``granted``, ``rejected``, ``expired`` or None for all."""
+def approvals(status: str | None = "pending") -> Approvals:
+    """Approval requests across runs, newest first: the gates waiting for an
+    answer by default; ``status``: ``pending``, ``granted``, ``rejected``,
+    ``expired`` or None for all.
+
+    Returns an :class:`Approvals`: in a notebook it shows an approval widget
+    per request (answer them there), elsewhere a listing with the command
+    that answers each one. ``len()``, iteration (one dict per request, the
+    ``approvals`` view's columns) and indexing work as on a list; ``.df`` is
+    the table as a polars DataFrame (the ``approvals`` SQL view, filtered).
+
+    Changed: this used to return the DataFrame itself; write
+    ``kf.approvals().df`` where a DataFrame is needed.
+    """
     from .store_access import open_store
 
+    if status is not None and status not in APPROVAL_STATUSES:
+        raise ValueError(f"status must be one of {', '.join(APPROVAL_STATUSES)} or None, got {status!r}")
     where = "" if status is None else " WHERE status = ?"
-    return open_store().sql(f"SELECT * FROM approvals{where} ORDER BY requested_at DESC", [] if status is None else [status])
+    df = open_store().sql(f"SELECT * FROM approvals{where} ORDER BY requested_at DESC", [] if status is None else [status])
+    return Approvals(df, status)
+
+
+APPROVAL_STATUSES = ("pending", "granted", "rejected", "expired")
+
+
+class Approvals(Sequence[dict[str, Any]]):
+    """Approval requests (rows of the ``approvals`` view), as :func:`approvals` returns them.
+
+    A sequence of dicts (``run_id``, ``task_id``, ``message``, ``status``,
+    ``answered_by``, ...) with the table as :attr:`df`. In a Jupyter kernel
+    it displays as a column of approval widgets; as HTML and text it is a
+    listing with the command that answers each pending request.
+    """
+
+    def __init__(self, df: pl.DataFrame, status: str | None = "pending") -> None:
+        self.df = df
+        """The requests as a polars DataFrame (the ``approvals`` view's columns)."""
+        self.status = status
+        self._rows: list[dict[str, Any]] = list(df.iter_rows(named=True))
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self._rows)
+
+    @overload
+    def __getitem__(self, i: int) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[dict[str, Any]]: ...
+    def __getitem__(self, i: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(i, str):
+            raise TypeError(f"kf.approvals() is a list of requests; for the column {i!r} use kf.approvals().df[{i!r}]")
+        return self._rows[i]
+
+    def _what(self) -> str:
+        noun = "approval request" if self.status is None else f"{self.status} approval"
+        return noun if len(self._rows) == 1 else noun + "s"
+
+    def _answer_with(self, row: Mapping[str, Any]) -> str:
+        return f"kf.approve({row['run_id']!r}, {row['task_id']!r}) / kernelflow approve {row['run_id']} {row['task_id']}"
+
+    def __repr__(self) -> str:
+        if not self._rows:
+            return f"<Approvals: no {self._what()}>"
+        lines = [f"<Approvals: {len(self._rows)} {self._what()}>"]
+        for r in self._rows:
+            line = f"  {r['run_id']} {r['task_id']} [{r['status']}] {r['message']}"
+            if r["status"] == "pending":
+                line += f"  -> {self._answer_with(r)}"
+            elif r.get("answered_by"):
+                line += f" (by {r['answered_by']})"
+            lines.append(line)
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        import html
+
+        esc = html.escape
+        if not self._rows:
+            return f"<p class='kf-approvals'>No {esc(self._what())}.</p>"
+        rows = []
+        for r in self._rows:
+            answer = self._answer_with(r) if r["status"] == "pending" else (r.get("answered_by") or r.get("outcome") or "")
+            expires = f"{r['expires_at']:%Y-%m-%d %H:%M:%S}" if r.get("expires_at") else ""
+            rows.append(
+                f"<tr data-status='{esc(r['status'])}'><td>{esc(r['workflow'] or '')}</td><td>{esc(r['run_id'])}</td>"
+                f"<td>{esc(r['task_id'])}</td><td>{esc(r['message'] or '')}</td><td>{esc(r['status'])}</td>"
+                f"<td>{r['requested_at']:%Y-%m-%d %H:%M:%S}</td><td>{expires}</td><td><code>{esc(answer)}</code></td></tr>"
+            )
+        return (
+            f"<table class='kf-approvals'><caption>{len(rows)} {esc(self._what())} (times in UTC)</caption>"
+            "<thead><tr><th>workflow</th><th>run</th><th>step</th><th>message</th><th>status</th><th>requested</th>"
+            "<th>expires</th><th>answer with / answered by</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+        )
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any] | None:
+        view = self.widget()
+        if view is None:
+            return None  # IPython uses _repr_html_ and __repr__
+        bundle = view._repr_mimebundle_()
+        data = dict(bundle[0] if isinstance(bundle, tuple) else bundle or {})
+        data["text/html"] = self._repr_html_()
+        data["text/plain"] = repr(self)
+        return data
+
+    def widget(self) -> Any:
+        """An ipywidgets ``VBox`` of approval widgets, one per request; None when
+        there are none, or outside a Jupyter kernel."""
+        if not self._rows or not _in_kernel():
+            return None
+        # The notebook layer, imported only here (as kf.dag does): the core does not need it.
+        from .widgets.approval import approvals_view
+
+        return approvals_view(self)
+
+
+def _in_kernel() -> bool:
+    import sys
+
+    if "ipykernel" not in sys.modules:
+        return False
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None

@@ -179,7 +179,7 @@ def test_a_gate_suspends_the_run_and_records_what_it_asks() -> None:
     assert open_store().lease_holder(run.run_id) is None  # nothing held while waiting
     with pytest.raises(kf.KernelflowError, match="is waiting, so it has no output yet"):
         run.output
-    pending = kf.approvals()
+    pending = kf.approvals().df
     assert pending.filter(pending["run_id"] == run.run_id)["status"].to_list() == ["pending"]
 
 
@@ -197,7 +197,7 @@ def test_an_approval_from_another_process_is_recorded_and_the_run_resumes() -> N
     run.resume()
     assert run.status == "succeeded"
     assert run["publish"] == {"n": 3, "table": "daily", "by": "bob", "comment": "ok"}
-    row = kf.approvals(None).filter(kf.approvals(None)["run_id"] == run.run_id).row(0, named=True)
+    row = next(r for r in kf.approvals(None) if r["run_id"] == run.run_id)
     assert row["status"] == "granted" and row["answered_by"] == "bob"
 
 
