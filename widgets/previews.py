@@ -19,7 +19,7 @@ MAX_CHARS = 2_000
 def short_text(value: Any, limit: int = MAX_CHARS) -> str:
     """``repr`` (or JSON for plain data), cut to ``limit`` characters."""
     try:
-        text = json.dumps(value, indent=1, default=str) if isinstance(value, (dict, list)) else repr(value)
+        text = json.dumps(value, default=str) if isinstance(value, (dict, list)) else repr(value)
     except Exception:  # noqa: BLE001 - a repr that raises is still something to show
         text = f"<{type(value).__name__} (repr failed)>"
     return text if len(text) <= limit else text[:limit] + f"… ({len(text):,} characters)"
