@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from . import events as ev
 from .events import Event, current_actor, now_us, us_to_datetime
