@@ -136,10 +136,26 @@ def _format_fields(message: str, locate: Callable[[str | None], str | None], wha
         ) from None
 
 
+RESERVED_FIELDS = ("run_id", "step", "by", "comment", "resume", "reason")
+"""Names ``kf.approve``/``kf.reject`` and the CLI take for themselves: a field so named could not be answered."""
+
+
+def _check_field_names(names: Any, locate: Callable[[str | None], str | None], what: str) -> None:
+    taken = [n for n in names if n in RESERVED_FIELDS]
+    if taken:
+        raise DefinitionError(
+            f"{what}: approval input field {taken[0]!r} clashes with an argument of kf.approve/kf.reject "
+            f"({', '.join(RESERVED_FIELDS)}); rename the field",
+            location=locate("approval"),
+            hint=f"input: {{{taken[0]}_text: str}}",
+        )
+
+
 def _input_schema(value: Any, locate: Callable[[str | None], str | None], what: str) -> dict[str, Any] | None:
     if value is None:
         return None
     if isinstance(value, type) and hasattr(value, "model_fields") and hasattr(value, "model_validate"):
+        _check_field_names(value.model_fields, locate, what)
         ref = f"{value.__module__}:{value.__qualname__}"
         _models[ref] = value
         fields = {}
@@ -158,6 +174,7 @@ def _input_schema(value: Any, locate: Callable[[str | None], str | None], what: 
             location=locate("approval"),
             hint="input: {table: str, limit: int}",
         )
+    _check_field_names(value, locate, what)
     fields = {}
     for name, spec in value.items():
         if not isinstance(name, str) or not name.isidentifier():

@@ -476,3 +476,24 @@ def test_an_answer_to_a_driven_run_reports_it_recorded_once_the_driver_has(tmp_p
     gate.touch()
     run.wait(30)
     assert run["publish"]["table"] == "t2"
+
+
+def test_an_approval_field_named_like_an_argument_of_approve_is_refused_at_definition() -> None:
+    from kernelflow.exceptions import DefinitionError
+
+    with pytest.raises(DefinitionError, match="approval input field 'comment' clashes with an argument of kf.approve"):
+
+        @kf.approval("Note?", input={"comment": str})
+        def note():
+            return 1
+
+    from pydantic import BaseModel
+
+    class Answer(BaseModel):
+        by: str
+
+    with pytest.raises(DefinitionError, match="approval input field 'by' clashes"):
+
+        @kf.approval("Who?", input=Answer)
+        def who():
+            return 1

@@ -35,7 +35,7 @@ import anywidget
 import traitlets as t
 
 from kernelflow import events as ev
-from kernelflow.approvals import ApprovalError, _answer, approve, how_to_answer, reject
+from kernelflow.approvals import ApprovalError, approve, how_to_answer, reject
 from kernelflow.events import now_us, us_to_datetime
 from kernelflow.exceptions import InputError
 from kernelflow.gates import input_schema_text, validate_input
@@ -60,7 +60,6 @@ COLORS = {
 }
 _DECISIONS = {ev.APPROVAL_GRANTED: "granted", ev.APPROVAL_REJECTED: "rejected", ev.APPROVAL_EXPIRED: "expired"}
 _JSON_TYPES = {"string": "str", "integer": "int", "number": "float", "boolean": "bool", "array": "list", "object": "dict"}
-_APPROVE_PARAMS = frozenset(("run_id", "step", "by", "comment", "resume"))
 _WIDGETS = {"bool": "checkbox", "int": "number", "float": "number", "str": "text"}
 
 
@@ -273,11 +272,8 @@ class ApprovalWidget(StaticFallback, anywidget.AnyWidget):
             given = self.form_input(values) if decision == "approve" else {}
             if decision == "approve":
                 validate_input(self._schema, given, where)
-                if _APPROVE_PARAMS.isdisjoint(given):
-                    answered = approve(self.run_id, self.task, by=current_user(), comment=comment, **given)
-                else:  # a field named like one of approve()'s own parameters (comment, by, ...)
-                    answered = _answer(self.run_id, self.task, granted=True, by=current_user(), comment=comment,
-                                       reason=None, resume=True, given=given)  # fmt: skip
+                # Field names never clash with approve()'s own arguments: definitions refuse them.
+                answered = approve(self.run_id, self.task, by=current_user(), comment=comment, **given)
             else:
                 answered = reject(self.run_id, self.task, comment, by=current_user())
         except (InputError, ApprovalError) as exc:
