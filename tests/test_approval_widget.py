@@ -352,17 +352,6 @@ def test_a_double_submit_answers_once() -> None:
     assert types_of(second.run_id).count(ev.APPROVAL_GRANTED) == 1
 
 
-def test_a_field_named_like_an_argument_of_approve_is_still_the_field() -> None:
-    @kf.approval("Note it?", input={"comment": str, "by": {"type": "str", "default": "nobody"}})
-    def note(comment, by, approval):
-        return {"field": comment, "by_field": by, "approver_comment": approval.comment}
-
-    run = kf.workflow("noting", [note]).run()
-    widget = ApprovalWidget.for_gate(run.run_id, "note")
-    assert widget.submit("approve", {"comment": "the field", "by": "x"}, "the approver's comment")
-    assert finish(widget).output == {"field": "the field", "by_field": "x", "approver_comment": "the approver's comment"}
-
-
 ATTEMPTS: list[int] = []
 
 
