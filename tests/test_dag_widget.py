@@ -56,7 +56,7 @@ def test_a_workflow_widget_carries_its_graph_and_a_graphviz_layout() -> None:
     assert sorted(map(tuple, widget.graph["edges"])) == [
         ("audit", "report", "dep"), ("clean", "report", "dep"), ("extract", "audit", "after"), ("extract", "clean", "dep"),
     ]  # fmt: skip
-    layout = widget.layout
+    layout = widget.graph_layout
     assert set(layout["nodes"]) == {"extract", "clean", "audit", "report"}
     # Left to right: each task sits to the right of what it needs.
     assert layout["nodes"]["extract"][0] < layout["nodes"]["clean"][0] < layout["nodes"]["report"][0]
@@ -68,7 +68,7 @@ def test_a_workflow_widget_carries_its_graph_and_a_graphviz_layout() -> None:
 def test_without_dot_the_layout_is_left_to_the_browser(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("kernelflow.widgets.dag_static.has_dot", lambda: False)
     assert layout_of({"nodes": [["a", "python"]], "edges": []}) == {}
-    assert kf.dag(_etl()).layout == {}
+    assert kf.dag(_etl()).graph_layout == {}
 
 
 def test_a_run_widget_shows_statuses_attempts_and_times() -> None:

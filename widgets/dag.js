@@ -86,7 +86,7 @@ function render({ model, el }) {
     scroller.textContent = "";
     nodes = {};
     const graph = model.get("graph") || { nodes: [], edges: [] };
-    const lay = model.get("layout") && model.get("layout").nodes ? model.get("layout") : layoutInBrowser(graph);
+    const lay = (model.get("graph_layout") || {}).nodes ? model.get("graph_layout") : layoutInBrowser(graph);
     const s = svg("svg", { width: lay.width + 8, height: lay.height + 8, viewBox: `-4 -4 ${lay.width + 8} ${lay.height + 8}`, class: "kf-dag-svg" }, scroller);
     svg("defs", {}, s).innerHTML = '<marker id="kf-arrow" viewBox="0 0 8 8" refX="7" refY="4" markerWidth="7" markerHeight="7" orient="auto"><path d="M0,0L8,4L0,8z" fill="#71717a"/></marker>';
     const kinds = {};
@@ -218,7 +218,7 @@ function render({ model, el }) {
   }
 
   model.on("change:graph", drawGraph);
-  model.on("change:layout", drawGraph);
+  model.on("change:graph_layout", drawGraph);
   model.on("change:status", paint);
   model.on("change:tasks", paint);
   model.on("change:run_status", drawHeader);

@@ -61,7 +61,8 @@ class DagWidget(StaticFallback, anywidget.AnyWidget):
     run_status = traitlets.Unicode("").tag(sync=True)
     graph = traitlets.Dict().tag(sync=True)
     """``{"nodes": [[id, kind], ...], "edges": [[from, to, "dep" | "after"], ...]}``."""
-    layout = traitlets.Dict().tag(sync=True)
+    # Not ``layout``: that name is ipywidgets' own Layout reference on every DOM widget.
+    graph_layout = traitlets.Dict().tag(sync=True)
     """From ``dot``: ``{"width", "height", "nodes": {id: [cx, cy, w, h]}, "edges": [[from, to, svg path]]}``;
     empty when ``dot`` is missing or the graph is huge (the browser lays it out)."""
     status = traitlets.Dict().tag(sync=True)
@@ -82,6 +83,7 @@ class DagWidget(StaticFallback, anywidget.AnyWidget):
         self._run: Run | None = None
         self._store: Any = None
         self._driven_here = False
+        self._follow = True
         self._pending: RunState | None = None
         self._last_push = 0.0
         self._timer: threading.Timer | None = None
@@ -96,15 +98,17 @@ class DagWidget(StaticFallback, anywidget.AnyWidget):
         widget = cls(workflow=wf.name, version=wf.version)
         widget._wf = wf
         widget.graph = graph_of_workflow(wf)
-        widget.layout = layout_of(widget.graph)
+        widget.graph_layout = layout_of(widget.graph)
         return widget
 
     @classmethod
-    def for_run(cls, run: Run | str, *, store: Any = None) -> DagWidget:
+    def for_run(cls, run: Run | str, *, store: Any = None, follow: bool = True) -> DagWidget:
         """The DAG of a run (a :class:`~kernelflow.run.Run` or a run id), at its current state.
 
-        A run that is not finished and not driven by this process is re-read
-        from the store until it ends, so the widget follows it.
+        With ``follow`` (the default), a run that is not finished and not
+        driven by this process is re-read from the store until it ends, and a
+        re-rendered view re-reads it too; ``follow=False`` leaves the colours
+        to whoever sets ``status`` (the timeline's scrubbing does).
         """
         from kernelflow.run import Run
 
@@ -125,12 +129,13 @@ class DagWidget(StaticFallback, anywidget.AnyWidget):
         widget = cls(workflow=state.workflow or (wf.name if wf else ""), version=state.workflow_version)
         widget._wf, widget._store, widget.run_id = wf, store, run_id
         widget._run = run if isinstance(run, Run) else None
+        widget._follow = follow
         widget.graph = graph_of_workflow(wf) if wf is not None else graph_of_definition(_definition(store, state))
         if not widget.graph.get("nodes"):
             widget.graph = {"nodes": [[t, "task"] for t in state.tasks], "edges": []}
-        widget.layout = layout_of(widget.graph)
+        widget.graph_layout = layout_of(widget.graph)
         widget.apply(state)
-        if not state.done:
+        if follow and not state.done:
             poller.watch(widget)
         return widget
 
@@ -189,7 +194,7 @@ class DagWidget(StaticFallback, anywidget.AnyWidget):
 
     def refresh(self) -> None:
         """Re-read the run from the store now (a browser re-rendering the widget asks for this)."""
-        if self.run_id and self._store is not None and not self._driven_here:
+        if self._follow and self.run_id and self._store is not None and not self._driven_here:
             events = self._store.read_run(self.run_id)
             if events:
                 self.apply(fold(events, self.run_id))
@@ -298,7 +303,7 @@ class DagWidget(StaticFallback, anywidget.AnyWidget):
         """The driver stopped (finished or suspended): show the final state now."""
         self._driven_here = False
         self.push(run.state, now=True)
-        if not run.state.done:
+        if self._follow and not run.state.done:
             poller.watch(self)  # answered elsewhere, resumed elsewhere: keep following
 
 

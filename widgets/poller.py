@@ -8,8 +8,8 @@ weakly, so a widget the notebook dropped stops being polled.
 
 from __future__ import annotations
 
+import atexit
 import threading
-import time
 import warnings
 import weakref
 from typing import Protocol
@@ -23,6 +23,7 @@ class Polled(Protocol):
 
 
 _lock = threading.Lock()
+_stop = threading.Event()
 _widgets: "weakref.WeakSet[Polled]" = weakref.WeakSet()
 _thread: threading.Thread | None = None
 
@@ -47,12 +48,23 @@ def watching(widget: Polled) -> bool:
         return widget in _widgets
 
 
+@atexit.register
+def _stop_polling() -> None:
+    # A daemon thread caught inside DuckDB or a comm send while the
+    # interpreter tears down can abort the process: let it finish first.
+    _stop.set()
+    thread = _thread
+    if thread is not None and thread.is_alive():
+        thread.join(timeout=2 * POLL_S + 1)
+
+
 def _loop() -> None:
-    while True:
-        time.sleep(POLL_S)
+    while not _stop.wait(POLL_S):
         with _lock:
             widgets = list(_widgets)
         for widget in widgets:
+            if _stop.is_set():
+                return
             try:
                 keep = widget.poll()
             except Exception as exc:  # noqa: BLE001 - one widget's trouble must not stop the others
