@@ -3,12 +3,14 @@
 A run started from a cell shows a :class:`~kernelflow.widgets.dag.DagWidget`
 in that cell's output, updated as events arrive (batched, at most one push
 per ``UPDATE_INTERVAL``, so a fast 500-task run spends its time on tasks).
-When the driver stops, the output is re-sent once so the saved notebook's
-static picture (``text/html``) shows the final colours, and a run that now
+When the driver stops, the output is re-sent so the saved notebook's static
+picture (``text/html``) shows the colours of that moment, and a run that now
 waits at approval gates shows an approval widget for each.
 
 A resumed run (``run.resume()``, an approval answered, the watcher) reuses
-the widget already showing it instead of adding another.
+the widget already showing it instead of adding another; when it stops
+again, the same outputs (the DAG and the gates' widgets) are re-sent, so an
+executed notebook keeps the final state, not the state at the gate.
 """
 
 from __future__ import annotations
@@ -28,38 +30,37 @@ class LiveDag:
         from IPython.display import display
 
         widget = live_widget(run.run_id)
-        self._handle = None
         if widget is None:
             widget = DagWidget.for_run(run)
-            self._handle = display(widget, display_id=True)
+            widget.display_handle = display(widget, display_id=True)
         widget.attach(run)
         self.widget = widget
-        self._gates_shown: set[tuple[str, int]] = set()
 
     def on_events(self, run: Run, events: Sequence[Event]) -> None:
         self.widget.push(run.state)
 
     def on_finish(self, run: Run) -> None:
         self.widget.detach(run)
-        if self._handle is not None:
-            self._handle.update(self.widget)
-        self._show_gates(run)
+        if self.widget.display_handle is not None:
+            self.widget.display_handle.update(self.widget)
+        for gate in self.widget.gate_widgets.values():
+            gate.refresh()
+            if gate.display_handle is not None:
+                gate.display_handle.update(gate)
+        self._show_new_gates(run)
 
-    def _show_gates(self, run: Run) -> None:
+    def _show_new_gates(self, run: Run) -> None:
         if not any(g.get("kind") == "approval" for g in run.state.waiting.values()):
             return
         from IPython.display import display
 
         from kernelflow.widgets.approval import approval_widgets_for
 
-        fresh = []
-        for widget in approval_widgets_for(run):
-            key = (widget.task, widget.seq)
-            if key not in self._gates_shown:
-                self._gates_shown.add(key)
-                fresh.append(widget)
-        for widget in fresh:
-            display(widget)
+        for gate in approval_widgets_for(run):
+            key = (gate.task, gate.seq)
+            if key not in self.widget.gate_widgets:
+                self.widget.gate_widgets[key] = gate
+                gate.display_handle = display(gate, display_id=True)
 
 
 class NotebookStatusPlugin:

@@ -191,3 +191,49 @@ def test_the_time_travel_notebook_runs_top_to_bottom(tmp_path, kernel_env):
     assert resumed_payload["from_status"] == "failed" and resumed_payload["from_version"] != resumed_payload["version"]
     granted = store.sql("SELECT actor FROM events WHERE workflow = 'publishing' AND type = 'ApprovalGranted'")
     assert json.loads(granted["actor"][0])["name"] == "ana"
+
+
+WIDGETS = ROOT / "notebooks" / "04-widgets-and-approvals.ipynb"
+
+
+def test_the_widgets_notebook_is_saved_clean():
+    nb = nbformat.read(WIDGETS, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata.kernelspec.name == "python3"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.outputs == [] and c.execution_count is None for c in code)
+    assert WIDGETS.stat().st_size < 30_000
+    sources = "\n".join(c.source for c in code)
+    for needle in ("%load_ext kernelflow", "@kf.approval(", "kf.approve(", "kf.approvals()", "kf.dag(", "kf.timeline(", "AlertWidget("):
+        assert needle in sources, needle
+
+
+def _html(cell) -> list[str]:
+    import html
+
+    return [html.unescape(o["data"]["text/html"]) for o in cell.get("outputs", []) if "text/html" in o.get("data", {})]
+
+
+@pytest.mark.slow
+def test_the_widgets_notebook_runs_and_saves_the_final_state_of_each_widget(tmp_path, kernel_env):
+    nb = nbformat.read(WIDGETS, as_version=4)
+    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert errors == []
+    ran = _cell(nb, "run = ledger.run()")
+    dag_html, gate_html = _html(ran)
+    # Both outputs were re-sent after the approval: the saved pictures show the end, not the gate.
+    assert dag_html.count("kf-task kf-succeeded") == 3 and "kf-waiting" not in dag_html
+    assert "granted" in gate_html and "ana" in gate_html
+    assert "'waiting'" in _text(ran)
+    assert "sent 2 orders to main, approved by ana" in _text(_cell(nb, "answer = kf.approve("))
+    assert "[[1, 'loaded 5 orders\\n']]" in _text(_cell(nb, "dag = kf.dag("))
+    timeline = _html(_cell(nb, "kf.timeline(run)"))[0]
+    assert "kf-timeline" in timeline and "<svg" in timeline
+    assert "'send': 'waiting'" in _text(_cell(nb, "asked = "))
+    alert = _html(_cell(nb, "from datetime import"))[0]
+    assert "kf-alert" in alert and "41.7" in alert
+    store = FolderStore(kernel_env)
+    row = store.sql("SELECT status, answered_by, input FROM approvals").row(0)
+    assert row[:2] == ("granted", "ana") and json.loads(row[2]) == {"ledger": "main", "limit": 2}
+    assert store.sql("SELECT status FROM runs").item() == "succeeded"

@@ -111,6 +111,8 @@ class ApprovalWidget(StaticFallback, anywidget.AnyWidget):
         self._gate: dict[str, Any] = {}
         self.last_answer: Answer | None = None
         """What this widget's answer recorded (``.run``: the run continuing here, when it could)."""
+        self.display_handle: Any = None
+        """Where the run's cell shows this widget, so the live DAG can re-send it once answered."""
         self.on_msg(self._on_custom_msg)
         self.refresh()  # pins the request (seq) this widget shows
         if self.status == "pending":

@@ -88,7 +88,15 @@ class DagWidget(StaticFallback, anywidget.AnyWidget):
         self._last_push = 0.0
         self._timer: threading.Timer | None = None
         self._push_lock = threading.Lock()
+        self.display_handle: Any = None
+        """Where a live run's cell shows this widget (IPython ``DisplayHandle``), to re-send it."""
+        self.gate_widgets: dict[tuple[str, int], Any] = {}
+        """Approval widgets shown for the run's gates, by (task, request seq)."""
         self.on_msg(self._on_message)
+
+    def __repr__(self) -> str:
+        what = f"run {self.run_id}: {self.run_status}" if self.run_id else f"version {self.version}"
+        return f"<DagWidget {self.workflow} {what}, {len(self.graph.get('nodes', []))} tasks>"
 
     # --- construction ------------------------------------------------------------
 
