@@ -198,6 +198,7 @@ def restore(driver: Any, plan: ResumePlan) -> None:
     reset_set: set[str] = set()
     order_done: list[tuple[int, str]] = []
     succeeded_at = {e.task_id: e.seq for e in plan.events if e.type == ev.TASK_SUCCEEDED}
+    continued = {e.task_id for e in plan.events if e.type == ev.TASK_FAILED and (e.payload or {}).get("continued")}
     for tid in wf.order:
         t = tasks.get(tid)
         ups = wf[tid].upstream
@@ -215,6 +216,11 @@ def restore(driver: Any, plan: ResumePlan) -> None:
             keep.add(tid)
             continue
         if t.status == "scheduled" and t.answer is not None and not upstream_redone:
+            keep.add(tid)
+            continue
+        # A failure the run went on past (continue_on_failure) is an outcome, like a success:
+        # a run continuing after a gate or a crash keeps it. Resuming a *failed* run retries it.
+        if t.status == "failed" and from_status != "failed" and tid in continued and not upstream_redone:
             keep.add(tid)
             continue
         reset.append(tid)
@@ -243,6 +249,12 @@ def restore(driver: Any, plan: ResumePlan) -> None:
                                            for d in driver.down[tid]):  # fmt: skip
                 driver.values[tid] = _output_of(run, t)
         elif tid in keep and t is not None and t.status == "skipped":
+            driver.values[tid] = None
+        elif tid in keep and t is not None and t.status == "failed":
+            from .exceptions import TaskFailure
+
+            err = t.error or {}
+            run.continued[tid] = TaskFailure(tid, t.attempt, err.get("exc_type", ""), err.get("message", ""), err.get("traceback", ""))
             driver.values[tid] = None
     # Dependents count only what is not final yet.
     for tid in wf.order:

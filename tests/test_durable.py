@@ -497,3 +497,30 @@ def test_an_approval_field_named_like_an_argument_of_approve_is_refused_at_defin
         @kf.approval("Who?", input=Answer)
         def who():
             return 1
+
+
+def test_a_failure_the_run_went_on_past_is_not_run_again_when_a_gate_resumes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KERNELFLOW_NO_WATCH", "1")
+    calls: list[str] = []
+
+    @kf.task(continue_on_failure=True)
+    def optional():
+        calls.append("optional")
+        raise RuntimeError("optional part failed")
+
+    def base():
+        return 1
+
+    @kf.approval("Go on?")
+    def publish(base):
+        return base + 1
+
+    run = kf.workflow("continued_then_gate", [optional, base, publish]).run()
+    assert run.status == "waiting" and calls == ["optional"]
+    kf.approve(run.run_id, "publish", resume=False)
+    resumed = kf.resume(run.run_id)
+    assert resumed.status == "succeeded" and resumed["publish"] == 2
+    assert calls == ["optional"]  # kept as the outcome it was, not retried
+    assert resumed.state.tasks["optional"].status == "failed" and "optional" in resumed.continued
+    resets = kf.sql("SELECT task_id FROM events WHERE run_id = ? AND type = 'TaskReset'", [run.run_id])
+    assert resets.height == 0
