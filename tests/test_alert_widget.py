@@ -9,6 +9,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from kernelflow.widgets.fallback import embedded_svgs
 from kernelflow.widgets import alert as alert_module
 from kernelflow.widgets.alert import (
     SEVERITIES,
@@ -148,7 +149,9 @@ def test_the_static_banner_has_the_numbers_the_plot_and_an_escaped_message() -> 
     figure = re.search(r"<div class='kf-alert-figure'><b>(.*?)</b></div>", page)
     assert figure and figure.group(1) == "42.1 s — baseline 12.0 s ± 1.3, z = 23.2"
     assert SEVERITY_COLORS["warning"][0] in page  # the severity's colour
-    svg = re.search(r"<svg class='kf-alert-history'.*?</svg>", page)
+    assert "<img class='kf-alert-history'" in page  # untrusted JupyterLab strips inline <svg>
+    pictures = "".join(embedded_svgs(page))
+    svg = re.search(r"<svg class='kf-alert-history'.*?</svg>", pictures)
     assert svg is not None
     points = re.search(r"<polyline class='kf-alert-line' points='([^']*)'", svg.group(0)).group(1).split()
     assert len(points) == len(alert.history) == 5
@@ -156,7 +159,7 @@ def test_the_static_banner_has_the_numbers_the_plot_and_an_escaped_message() -> 
     assert xs == sorted(xs)  # oldest first, left to right
     assert "class='kf-alert-band'" in svg.group(0) and "class='kf-alert-current'" in svg.group(0)
     # The current value is the highest point: drawn at the top (smallest y) and right of the history.
-    cx, cy = (float(v) for v in re.search(r"kf-alert-current' cx='([\d.]+)' cy='([\d.]+)'", page).groups())
+    cx, cy = (float(v) for v in re.search(r"kf-alert-current' cx='([\d.]+)' cy='([\d.]+)'", pictures).groups())
     assert cx >= xs[-1] and cy < min(float(p.split(",")[1]) for p in points)
     assert "r-42" in page and "zscore" in page and "2026-11-20 15:00:00 UTC" in page
 

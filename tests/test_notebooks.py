@@ -17,6 +17,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from kernelflow.store import FolderStore
+from kernelflow.widgets.fallback import embedded_svgs
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "notebooks" / "01-quickstart.ipynb"
@@ -34,7 +35,8 @@ def test_quickstart_executes_under_nbclient(tmp_path, kernel_env):
     # The %%workflow cell shows the DAG: an SVG inside HTML (dot is installed) and text.
     definition = next(c for c in nb.cells if c.source.startswith("%%workflow etl"))
     data = definition.outputs[0]["data"]
-    page = html.unescape(data["text/html"])  # dot writes '-' in ids as &#45;
+    assert "<img class='kf-dag-picture'" in data["text/html"]  # the SVG as a data URI (see widgets/fallback.py)
+    page = html.unescape("".join(embedded_svgs(data["text/html"])))  # dot writes '-' in ids as &#45;
     assert "<svg" in page and 'id="task-clean"' in page and "kf-task kf-pending" in page
     assert "clean ← extract" in data["text/plain"]
     runs = FolderStore(kernel_env).sql("SELECT workflow, status FROM runs ORDER BY started_at")

@@ -25,6 +25,7 @@ from kernelflow.widgets.timeline import (
 )
 from test_time_travel_sql import build, synthetic_histories, workflows_with_outcomes
 
+from kernelflow.widgets.fallback import embedded_svgs
 import kernelflow as kf
 from kernelflow import catalog
 from kernelflow import events as ev
@@ -341,8 +342,9 @@ def test_a_run_id_finds_the_stored_definition_and_links_the_dag(monkeypatch: pyt
     data = bundle[0] if isinstance(bundle, tuple) else bundle
     assert "application/vnd.jupyter.widget-view+json" in data
     page = data["text/html"]
-    assert "kernelflow-dag" in page and "<svg class='kf-gantt'" in page  # the final DAG and the Gantt
-    assert page.index("kernelflow-dag") < page.index("kf-gantt")
+    assert "kernelflow-dag" in page and "<img class='kf-timeline-picture'" in page  # the final DAG and the Gantt
+    assert page.index("kernelflow-dag") < page.index("kf-timeline-picture")
+    assert any("<svg class='kf-gantt'" in svg for svg in embedded_svgs(page))
 
 
 def test_a_run_in_another_store_finds_its_definition_there(tmp_store: FolderStore, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -382,8 +384,9 @@ def test_an_unknown_workflow_shows_the_timeline_alone() -> None:
 
 def test_the_static_gantt_has_one_bar_per_attempt_with_its_data() -> None:
     widget = TimelineWidget.for_run(gated_run())
-    page = widget.static_html()
-    assert page.startswith("<div class='kf-timeline'")
+    html_page = widget.static_html()
+    assert html_page.startswith("<div class='kf-timeline'")
+    page = "".join(embedded_svgs(html_page))  # the Gantt, an <img> with a data URI
     bars = re.findall(r"<rect class='kf-bar' data-task='(\w+)' data-attempt='(\d+)' data-status='(\w+)'", page)
     assert bars == [(b[0], str(b[1]), b[4]) for b in widget.bars]
     assert "b attempt 1: failed" in page and "RuntimeError: boom" in page
@@ -391,7 +394,7 @@ def test_the_static_gantt_has_one_bar_per_attempt_with_its_data() -> None:
     assert re.search(r"<g class='kf-row' data-task='d' data-status='failed'>", page)  # final colours
     bundle = widget._repr_mimebundle_()
     data = bundle[0] if isinstance(bundle, tuple) else bundle
-    assert data["text/html"] == page
+    assert data["text/html"] == html_page
 
 
 def test_a_live_run_is_followed_until_it_ends() -> None:

@@ -209,9 +209,13 @@ def test_the_widgets_notebook_is_saved_clean():
 
 
 def _html(cell) -> list[str]:
+    """Each text/html output of ``cell``, with the SVG pictures it embeds (as data URIs) appended."""
     import html
 
-    return [html.unescape(o["data"]["text/html"]) for o in cell.get("outputs", []) if "text/html" in o.get("data", {})]
+    from kernelflow.widgets.fallback import embedded_svgs
+
+    pages = [o["data"]["text/html"] for o in cell.get("outputs", []) if "text/html" in o.get("data", {})]
+    return [html.unescape(p + "".join(embedded_svgs(p))) for p in pages]
 
 
 @pytest.mark.slow

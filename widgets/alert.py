@@ -24,7 +24,7 @@ import anywidget
 import orjson
 import traitlets
 
-from .fallback import StaticFallback
+from .fallback import StaticFallback, svg_img
 
 SEVERITIES = ("info", "warning", "critical")
 # fill, border: the status palette's blue, amber and red (widgets/dag_static.py).
@@ -287,7 +287,7 @@ def alert_html(alert: Alert) -> str:
         f"<div class='kf-alert-figure'><b>{html.escape(alert.figure())}</b></div>"
         f"<div class='kf-alert-meta' style='color:#52525b;font-size:11px'>{where} · "
         f"{alert.raised_at.strftime('%Y-%m-%d %H:%M:%S')} UTC</div>"
-        f"</div>{sparkline_svg(alert)}</div>"
+        f"</div>{svg_img(sparkline_svg(alert), f'history of {alert.metric}', 'kf-alert-history')}</div>"
     )
 
 

@@ -1,8 +1,9 @@
 """A DAG picture that needs no JavaScript: SVG from Graphviz, wrapped in HTML.
 
-The SVG sits inside ``text/html`` because untrusted JupyterLab notebooks and
-nbconvert prefer HTML over ``image/svg+xml``; where no ``dot`` binary exists,
-the HTML carries the text rendering instead, which is still true, just plainer.
+The SVG sits inside ``text/html`` (as an ``<img>`` with a data URI, see
+:mod:`.fallback`) because untrusted JupyterLab notebooks and nbconvert prefer
+HTML over ``image/svg+xml``; where no ``dot`` binary exists, the HTML carries
+the text rendering instead, which is still true, just plainer.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from kernelflow.dag_text import render_text
+
+from .fallback import svg_img
 
 if TYPE_CHECKING:  # pragma: no cover
     from kernelflow.model import Workflow
@@ -66,8 +69,8 @@ def dag_svg(wf: Workflow, state: RunState | None = None) -> str | None:
             if dep not in task.deps:
                 graph.edge(dep, task.id, style="dashed")
     svg = graph.pipe(encoding="utf-8")
-    # Drop the XML prolog and doctype: the SVG is embedded in HTML.
-    return svg[svg.index("<svg") :]
+    # Drop the XML prolog and doctype; dot writes '-' as '&#45;', which nothing needs.
+    return svg[svg.index("<svg") :].replace("&#45;", "-")
 
 
 def dag_html(wf: Workflow, state: RunState | None = None) -> str:
@@ -84,5 +87,6 @@ def dag_html(wf: Workflow, state: RunState | None = None) -> str:
         ins = ", ".join(html.escape(i.name) + ("" if i.required else "?") for i in wf.inputs)
         head += f"<br>inputs: {ins}"
     svg = dag_svg(wf, state)
-    body = svg if svg is not None else f"<pre>{html.escape(render_text(wf, state))}</pre>"
+    text = render_text(wf, state)
+    body = svg_img(svg, text, "kf-dag-picture") if svg is not None else f"<pre>{html.escape(text)}</pre>"
     return f"<div class='kernelflow-dag' data-workflow='{html.escape(wf.name)}'><div>{head}</div>{body}</div>"

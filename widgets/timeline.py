@@ -45,7 +45,7 @@ from kernelflow.reducer import FINAL_RUN_STATUSES, RunState, apply
 
 from . import poller
 from .dag_static import STATUS_COLORS, SVG_TASK_LIMIT, dag_html
-from .fallback import StaticFallback
+from .fallback import StaticFallback, svg_img
 
 if TYPE_CHECKING:  # pragma: no cover
     from kernelflow.model import Workflow
@@ -559,7 +559,7 @@ def timeline_html(w: TimelineWidget) -> str:
         counts = Counter(w.status_at(w.last_seq).values())
         body = "<pre>" + html.escape(", ".join(f"{n} {s}" for s, n in counts.items())) + f" ({len(w.tasks)} tasks)</pre>"
     else:
-        body = timeline_svg(w)
+        body = svg_img(timeline_svg(w), f"timeline of run {w.run_id}", "kf-timeline-picture")
     return f"<div class='kf-timeline' data-run='{html.escape(w.run_id)}'><div>{head}</div>{body}</div>"
 
 
