@@ -31,8 +31,10 @@ class LiveDag:
 
         widget = live_widget(run.run_id)
         if widget is None:
-            widget = DagWidget.for_run(run)
+            widget = DagWidget.for_run(run, layout_now=False)
+            widget.plain_first = True
             widget.display_handle = display(widget, display_id=True)
+            widget.plain_first = False
         widget.attach(run)
         self.widget = widget
 

@@ -22,6 +22,7 @@ from nbclient import NotebookClient
 
 import kernelflow as kf
 from kernelflow.store import FolderStore
+from kernelflow.reducer import RunState
 from kernelflow.widgets import dag as dag_module
 from kernelflow.widgets.dag import DagWidget, layout_of
 from kernelflow.widgets.fallback import embedded_svgs
@@ -180,14 +181,50 @@ def test_live_pushes_are_batched_and_the_last_state_always_lands(monkeypatch: py
     widget = kf.dag(_etl())
     applied: list[object] = []
     monkeypatch.setattr(widget, "apply", lambda state: applied.append(state))
-    states = [object() for _ in range(1_000)]
+    states = [RunState(f"r-{i}") for i in range(1_000)]
     for state in states:
-        widget.push(state)  # type: ignore[arg-type]
+        widget.push(state)
     deadline = time.monotonic() + 5
     while (not applied or applied[-1] is not states[-1]) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert applied[-1] is states[-1]
     assert len(applied) <= 3  # one at once, then one per interval: not a thousand messages
+
+
+def test_big_graphs_push_less_often() -> None:
+    small, big = RunState("r-small"), RunState("r-big")
+    big.tasks.update({f"t{i}": None for i in range(5_000)})  # type: ignore[misc]
+    widget = kf.dag(_etl())
+    applied: list[float] = []
+    widget.apply = lambda state: applied.append(time.monotonic())  # type: ignore[method-assign]
+    widget.push(small, now=True)
+    widget.push(small)
+    time.sleep(dag_module.UPDATE_INTERVAL + 0.3)
+    assert len(applied) == 2  # the second waited one interval
+    widget.push(big)
+    time.sleep(dag_module.UPDATE_INTERVAL + 0.3)
+    assert len(applied) == 2  # 5,000 tasks: the next push waits about 2 s
+    deadline = time.monotonic() + 5
+    while len(applied) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(applied) == 3 and applied[2] - applied[1] >= 5_000 * dag_module.INTERVAL_PER_TASK - 0.1
+
+
+def test_a_live_run_lays_its_graph_out_off_the_run_and_reuses_the_layout() -> None:
+    wf = _etl()
+    first = DagWidget.for_run(wf.run(), layout_now=False)
+    deadline = time.monotonic() + 10
+    while not first.graph_layout and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert set(first.graph_layout["nodes"]) == {"extract", "clean", "audit", "report"}
+    calls: list[object] = []
+    real = dag_module._dot_layout
+    dag_module._dot_layout = lambda graph: calls.append(graph) or real(graph)  # type: ignore[assignment]
+    try:
+        second = DagWidget.for_run(wf.run(), layout_now=False)
+    finally:
+        dag_module._dot_layout = real  # type: ignore[assignment]
+    assert second.graph_layout == first.graph_layout and calls == []  # the same graph: no second dot run
 
 
 def test_a_widget_follows_a_run_answered_and_finished_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:

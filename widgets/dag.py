@@ -39,6 +39,8 @@ LAYOUT_TASK_LIMIT = 2_000
 """Beyond this many tasks ``dot`` takes seconds; the browser lays the graph out instead."""
 UPDATE_INTERVAL = 0.2
 """Seconds between two pushes of live state to the browser (updates are batched)."""
+INTERVAL_PER_TASK = 0.4e-3
+"""Each push re-sends every task's status: big graphs push less often (5,000 tasks: every 2 s)."""
 
 _live: weakref.WeakValueDictionary[str, DagWidget] = weakref.WeakValueDictionary()
 _live_lock = threading.Lock()
@@ -88,6 +90,8 @@ class DagWidget(StaticFallback, anywidget.AnyWidget):
         self._last_push = 0.0
         self._timer: threading.Timer | None = None
         self._push_lock = threading.Lock()
+        self.plain_first = False
+        """Set by the live observer: the picture shown as a run starts is the text DAG (no ``dot``)."""
         self.display_handle: Any = None
         """Where a live run's cell shows this widget (IPython ``DisplayHandle``), to re-send it."""
         self.gate_widgets: dict[tuple[str, int], Any] = {}
@@ -110,13 +114,16 @@ class DagWidget(StaticFallback, anywidget.AnyWidget):
         return widget
 
     @classmethod
-    def for_run(cls, run: Run | str, *, store: Any = None, follow: bool = True) -> DagWidget:
+    def for_run(cls, run: Run | str, *, store: Any = None, follow: bool = True, layout_now: bool = True) -> DagWidget:
         """The DAG of a run (a :class:`~kernelflow.run.Run` or a run id), at its current state.
 
         With ``follow`` (the default), a run that is not finished and not
         driven by this process is re-read from the store until it ends, and a
         re-rendered view re-reads it too; ``follow=False`` leaves the colours
         to whoever sets ``status`` (the timeline's scrubbing does).
+        ``layout_now=False`` computes the Graphviz layout on a background
+        thread (the live DAG of a starting run must not delay its tasks; the
+        browser draws its own layout until this one arrives).
         """
         from kernelflow.run import Run
 
@@ -141,7 +148,12 @@ class DagWidget(StaticFallback, anywidget.AnyWidget):
         widget.graph = graph_of_workflow(wf) if wf is not None else graph_of_definition(_definition(store, state))
         if not widget.graph.get("nodes"):
             widget.graph = {"nodes": [[t, "task"] for t in state.tasks], "edges": []}
-        widget.graph_layout = layout_of(widget.graph)
+        if layout_now or _cached_layout(widget.graph) is not None:
+            widget.graph_layout = layout_of(widget.graph)
+        else:
+            graph = widget.graph
+            threading.Thread(target=lambda: setattr(widget, "graph_layout", layout_of(graph)),
+                             name="kernelflow-dag-layout", daemon=True).start()  # fmt: skip
         widget.apply(state)
         if follow and not state.done:
             poller.watch(widget)
@@ -170,7 +182,8 @@ class DagWidget(StaticFallback, anywidget.AnyWidget):
         """Show ``state`` soon: at most one push per :data:`UPDATE_INTERVAL`, the last one always."""
         with self._push_lock:
             self._pending = state
-            wait = UPDATE_INTERVAL - (time.monotonic() - self._last_push)
+            interval = max(UPDATE_INTERVAL, len(state.tasks) * INTERVAL_PER_TASK)
+            wait = interval - (time.monotonic() - self._last_push)
             if not now and wait > 0:
                 if self._timer is None:
                     self._timer = threading.Timer(wait, self._flush)
@@ -286,7 +299,8 @@ class DagWidget(StaticFallback, anywidget.AnyWidget):
 
     def static_html(self) -> str:
         if self._wf is not None:
-            return dag_html(self._wf, self._state)
+            # A live run's first picture is replaced when the run stops: no dot call on its way in.
+            return dag_html(self._wf, self._state, picture=not self.plain_first)
         import html
 
         rows = "".join(
@@ -375,14 +389,43 @@ def _workflow_for(state: RunState, store: Any) -> Workflow | None:
         return None
 
 
+_layouts: dict[str, dict[str, Any]] = {}
+_LAYOUTS_KEPT = 64
+
+
+def _graph_key(graph: dict[str, Any]) -> str:
+    return json.dumps([graph.get("nodes", []), graph.get("edges", [])], separators=(",", ":"))
+
+
+def _cached_layout(graph: dict[str, Any]) -> dict[str, Any] | None:
+    return _layouts.get(_graph_key(graph))
+
+
 def layout_of(graph: dict[str, Any]) -> dict[str, Any]:
-    """Node boxes and edge paths from Graphviz ``dot`` (in points, y down), or ``{}``."""
+    """Node boxes and edge paths from Graphviz ``dot`` (in points, y down), or ``{}``.
+
+    Kept per graph (the last 64): every run of a workflow has the same one,
+    and ``dot`` takes about 150 ms for 500 tasks.
+    """
     from .dag_static import has_dot
 
     nodes = graph.get("nodes", [])
     if not nodes or not has_dot() or len(nodes) > LAYOUT_TASK_LIMIT:
         return {}
+    key = _graph_key(graph)
+    found = _layouts.get(key)
+    if found is None:
+        found = _dot_layout(graph)
+        if len(_layouts) >= _LAYOUTS_KEPT:
+            _layouts.pop(next(iter(_layouts)))
+        _layouts[key] = found
+    return found
+
+
+def _dot_layout(graph: dict[str, Any]) -> dict[str, Any]:
     import graphviz
+
+    nodes = graph.get("nodes", [])
 
     g = graphviz.Digraph(format="json")
     g.attr(rankdir="LR", nodesep="0.25", ranksep="0.45")
@@ -403,13 +446,14 @@ def layout_of(graph: dict[str, Any]) -> dict[str, Any]:
             continue
         x, y = (float(v) for v in obj["pos"].split(","))
         names[obj["_gvid"]] = obj["name"]
-        boxes[obj["name"]] = [round(x, 1), round(height - y, 1), round(float(obj["width"]) * 72, 1), round(float(obj["height"]) * 72, 1)]
+        # Whole points are plenty on screen, and halve what the notebook saves.
+        boxes[obj["name"]] = [round(x), round(height - y), round(float(obj["width"]) * 72), round(float(obj["height"]) * 72)]
     edges = []
     for e in data.get("edges", []):
         path = _spline_path(e.get("pos", ""), height)
         if path and e["tail"] in names and e["head"] in names:
             edges.append([names[e["tail"]], names[e["head"]], path])
-    return {"width": round(width, 1), "height": round(height, 1), "nodes": boxes, "edges": edges}
+    return {"width": round(width), "height": round(height), "nodes": boxes, "edges": edges}
 
 
 def _spline_path(pos: str, height: float) -> str:
@@ -427,12 +471,12 @@ def _spline_path(pos: str, height: float) -> str:
             points.append((float(x), height - float(y)))
     if len(points) < 4:
         return ""
-    d = f"M{points[0][0]:.1f},{points[0][1]:.1f}"
+    d = f"M{points[0][0]:.0f},{points[0][1]:.0f}"
     for i in range(1, len(points) - 2, 3):
         (x1, y1), (x2, y2), (x3, y3) = points[i : i + 3]
-        d += f"C{x1:.1f},{y1:.1f} {x2:.1f},{y2:.1f} {x3:.1f},{y3:.1f}"
+        d += f"C{x1:.0f},{y1:.0f} {x2:.0f},{y2:.0f} {x3:.0f},{y3:.0f}"
     if end is not None:
-        d += f"L{end[0]:.1f},{end[1]:.1f}"
+        d += f"L{end[0]:.0f},{end[1]:.0f}"
     return d
 
 

@@ -73,8 +73,8 @@ def dag_svg(wf: Workflow, state: RunState | None = None) -> str | None:
     return svg[svg.index("<svg") :].replace("&#45;", "-")
 
 
-def dag_html(wf: Workflow, state: RunState | None = None) -> str:
-    """HTML for a notebook output: a header line and the SVG (or the text DAG)."""
+def dag_html(wf: Workflow, state: RunState | None = None, *, picture: bool = True) -> str:
+    """HTML for a notebook output: a header line and the SVG (or the text DAG; always with ``picture=False``)."""
     head = f"<b>{html.escape(wf.name)}</b> · version <code>{wf.version}</code> · {len(wf.tasks)} tasks"
     if state is not None:
         counts = " · ".join(
@@ -86,7 +86,7 @@ def dag_html(wf: Workflow, state: RunState | None = None) -> str:
     if wf.inputs:
         ins = ", ".join(html.escape(i.name) + ("" if i.required else "?") for i in wf.inputs)
         head += f"<br>inputs: {ins}"
-    svg = dag_svg(wf, state)
+    svg = dag_svg(wf, state) if picture else None
     text = render_text(wf, state)
     body = svg_img(svg, text, "kf-dag-picture") if svg is not None else f"<pre>{html.escape(text)}</pre>"
     return f"<div class='kernelflow-dag' data-workflow='{html.escape(wf.name)}'><div>{head}</div>{body}</div>"
