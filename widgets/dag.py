@@ -90,6 +90,7 @@ class DagWidget(StaticFallback, anywidget.AnyWidget):
         self._last_push = 0.0
         self._timer: threading.Timer | None = None
         self._push_lock = threading.Lock()
+        self._layout_thread: threading.Thread | None = None
         self.plain_first = False
         """Set by the live observer: the picture shown as a run starts is the text DAG (no ``dot``)."""
         self.display_handle: Any = None
@@ -152,8 +153,10 @@ class DagWidget(StaticFallback, anywidget.AnyWidget):
             widget.graph_layout = layout_of(widget.graph)
         else:
             graph = widget.graph
-            threading.Thread(target=lambda: setattr(widget, "graph_layout", layout_of(graph)),
-                             name="kernelflow-dag-layout", daemon=True).start()  # fmt: skip
+            widget._layout_thread = threading.Thread(
+                target=lambda: setattr(widget, "graph_layout", layout_of(graph)), name="kernelflow-dag-layout", daemon=True
+            )
+            widget._layout_thread.start()
         widget.apply(state)
         if follow and not state.done:
             poller.watch(widget)
@@ -324,6 +327,9 @@ class DagWidget(StaticFallback, anywidget.AnyWidget):
     def detach(self, run: Run) -> None:
         """The driver stopped (finished or suspended): show the final state now."""
         self._driven_here = False
+        if self._layout_thread is not None:
+            # A run shorter than its layout: wait for it, so the notebook saves the laid-out graph.
+            self._layout_thread.join(timeout=30)
         self.push(run.state, now=True)
         if self._follow and not run.state.done:
             poller.watch(self)  # answered elsewhere, resumed elsewhere: keep following
