@@ -136,10 +136,13 @@ class DagWidget(StaticFallback, anywidget.AnyWidget):
             wf, run_id, store = None, run, store or open_store()
         else:
             raise TypeError(f"kf.dag() takes a Run, a run id or a Workflow, got {type(run).__name__}")
-        events = store.read_run(run_id)
-        if not events and not isinstance(run, Run):
-            raise KeyError(f"no run {run_id!r} in the store at {getattr(store, 'location', store)}; kf.history() lists runs")
-        state = fold(events, run_id) if events else run.state  # type: ignore[union-attr]
+        if isinstance(run, Run):
+            state = run.state  # the same fold, kept by the handle; the poller catches up if others drive it
+        else:
+            events = store.read_run(run_id)
+            if not events:
+                raise KeyError(f"no run {run_id!r} in the store at {getattr(store, 'location', store)}; kf.history() lists runs")
+            state = fold(events, run_id)
         if wf is None:
             wf = _workflow_for(state, store)
         widget = cls(workflow=state.workflow or (wf.name if wf else ""), version=state.workflow_version)
