@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,9 @@ def kernelflow_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
     monkeypatch.setenv("KERNELFLOW_HOME", str(home))
     use_store(None)
     yield home
+    poller = sys.modules.get("kernelflow.widgets.poller")
+    if poller is not None:  # widgets of this test must not poll its store after it (nor during a fork)
+        poller.clear()
     close_stores()
     use_store(None)
 

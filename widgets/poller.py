@@ -43,6 +43,12 @@ def unwatch(widget: Polled) -> None:
         _widgets.discard(widget)
 
 
+def clear() -> None:
+    """Stop polling every widget (a test's store goes away with the test)."""
+    with _lock:
+        _widgets.clear()
+
+
 def watching(widget: Polled) -> bool:
     with _lock:
         return widget in _widgets

@@ -25,7 +25,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # torn down after tests/browser: Playwright's loop must not outlive it
 def _browser_base() -> Iterator[Path]:
     problem = missing_prerequisites()
     if problem:
@@ -35,7 +35,7 @@ def _browser_base() -> Iterator[Path]:
     shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # torn down after tests/browser: Playwright's loop must not outlive it
 def lab_server(_browser_base: Path) -> Iterator[LabServer]:
     server = LabServer(_browser_base)
     server.start()
@@ -43,7 +43,7 @@ def lab_server(_browser_base: Path) -> Iterator[LabServer]:
     server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # torn down after tests/browser: Playwright's loop must not outlive it
 def chromium(_browser_base: Path) -> Iterator[Browser]:
     browser = Browser(_browser_base)
     yield browser
