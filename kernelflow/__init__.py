@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from .api import diff, history, plugin_names, sql, workflows
+from .alerting import alert_channel, alerts
 from .approvals import approvals, approve, reject
 from .durable import context, now, random, remember, sleep
 from .recovery import unfinished_runs
@@ -69,6 +70,8 @@ __all__ = [
     "TaskOptions",
     "TaskState",
     "Workflow",
+    "alert_channel",
+    "alerts",
     "approval",
     "approvals",
     "approve",

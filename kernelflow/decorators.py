@@ -15,6 +15,8 @@ from .model import DEFAULT_OPTIONS, TaskOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 STEP_ATTR = "__kernelflow_step__"
+ALERTS_ATTR = "__kernelflow_alerts__"
+"""Where ``@kf.task(alerts=...)`` keeps a task's anomaly rules (read by the detector)."""
 
 _UNSET: Any = object()
 
@@ -90,6 +92,7 @@ def task(
     fallback: Callable[..., Any] | str = _UNSET,
     compensate: Callable[..., Any] | str = _UNSET,
     circuit_breaker: Mapping[str, Any] | bool = _UNSET,
+    alerts: Mapping[str, Any] = _UNSET,
 ) -> Any:
     """Mark a function as a task and give it options (the YAML step keys, in Python).
 
@@ -121,11 +124,18 @@ def task(
     the task's output; saga order: last completed first); ``circuit_breaker``
     ``True`` or ``{"failure_threshold": 5, "window": "60s", "break_duration": "30s",
     "half_open_probes": 1, "name": ...}`` (state shared by all runs).
+
+    Monitoring: ``alerts`` this task's anomaly rules over the workflow's
+    (``{"duration": {"z": 3}, "stuck": False}``; see docs/alerts.md).
     """
     if fn is not None and not callable(fn):
         raise OptionError(f"@kf.task takes its options by keyword, e.g. @kf.task(retries=3); got {fn!r}")
-    given = {k: v for k, v in locals().items() if k != "fn" and v is not _UNSET}
+    given = {k: v for k, v in locals().items() if k not in ("fn", "alerts") and v is not _UNSET}
     opts = check_options(given, "@kf.task")
+    if alerts is not _UNSET:
+        from .alert_rules import DEFAULTS, parse_task_rules
+
+        parse_task_rules(alerts, DEFAULTS, where="@kf.task(alerts=...)")  # checked here, on the decorator's line
 
     def mark(f: F) -> F:
         if not inspect.isfunction(inspect.unwrap(f)):
@@ -139,6 +149,8 @@ def task(
         if loops is not None and "for_each" not in opts:
             current["for_each"] = loops
         setattr(f, STEP_ATTR, current)
+        if alerts is not _UNSET:
+            setattr(f, ALERTS_ATTR, dict(alerts))
         return f
 
     return mark(fn) if fn is not None else mark

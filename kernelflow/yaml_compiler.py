@@ -76,6 +76,7 @@ TOP_KEYS = {
     "maxForeachDepth": "max_foreach_depth",
     "max_subworkflow_depth": "max_subworkflow_depth",
     "maxSubworkflowDepth": "max_subworkflow_depth",
+    "alerts": "alerts",
 }
 _LIMIT_DEFAULTS = {"max_foreach_depth": 3, "max_subworkflow_depth": 5}
 INPUT_KEYS = ("type", "default")
@@ -670,6 +671,15 @@ def _from_root(
             raise
         location = executor_location if "executor" in exc.message else fallback_location
         raise _relocated(exc, location) from None
+    if "alerts" in top:
+        from .alerting import payload_rules, set_rules
+
+        key_node, value_node = top["alerts"]
+        try:
+            rules = payload_rules(build.value(value_node), where="", task_ids=tuple(ids))
+        except DefinitionError as exc:
+            raise _relocated(exc, where.node(key_node)) from None
+        set_rules(name, rules)
     from . import catalog
 
     catalog.remember(wf)  # resume, replay and sub-workflow calls find it by name

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover
+    from kernelflow.alert_channels_api import ChannelSpec
     from kernelflow.executor_api import ExecutorSpec
     from kernelflow.observer_api import RunObserver
     from kernelflow.run import Run
@@ -85,4 +86,22 @@ def kernelflow_secret_providers() -> list[SecretProvider]:
     asked in registration order (built-in ``env`` last) and the first value
     that is not ``None`` wins. Values are masked in everything kernelflow
     records or shows; a provider must not log them.
+    """
+
+
+# --- alerts ------------------------------------------------------------------------
+
+
+@hookspec
+def kernelflow_register_alert_channels() -> list[ChannelSpec]:
+    """Return the alert channel types this plugin provides, as
+    :class:`kernelflow.alert_channels_api.ChannelSpec` items
+    (``name``, ``factory``, ``description``).
+
+    Called each time a channel is configured (``kf.alert_channel(name, type,
+    **settings)``) or the channel types are listed. ``type`` picks a spec by
+    its ``name``; ``factory(**settings)`` must check the settings and raise
+    :class:`kernelflow.alert_channels_api.ChannelConfigError` for bad ones,
+    and return an object with ``send(alert, *, timeout)`` that raises on
+    failure. Two plugins registering the same name is an error naming both.
     """
