@@ -69,7 +69,7 @@ from .problems import (
 if TYPE_CHECKING:  # pragma: no cover
     import polars as pl
 
-PUBLIC_VIEWS = ("events", "runs", "task_attempts", "workflows", "dead_letters", "approvals")
+PUBLIC_VIEWS = ("events", "runs", "task_attempts", "workflows", "dead_letters", "approvals", "task_baselines", "alerts")
 PUBLIC_MACROS = ("state_at(run_id, point)", "runs_active_at(ts)")
 """The table macros of ``views.sql`` users call, as they call them."""
 _RAW = ", ".join(RAW_COLUMNS)

@@ -472,3 +472,89 @@ FROM requests r
 LEFT JOIN answers n USING (run_id, seq)
 CROSS JOIN _initial i
 ORDER BY requested_at, r.run_id, r.seq;
+
+-- task_baselines: one row per (workflow, workflow_version, task_id) that has
+-- succeeded: its last 30 successful attempts (the duration check's default
+-- window, kernelflow/alert_rules.py), which the anomaly detector compares a
+-- new duration with. An attempt succeeded when a TaskSucceeded ended it; its
+-- duration is measured as in task_attempts (the executor's duration_ms when
+-- reported, else TaskStarted to TaskSucceeded). p50_s and p95_s interpolate
+-- linearly, as the detector does (kernelflow/anomaly_checks.quantile).
+CREATE OR REPLACE VIEW task_baselines AS
+WITH attempts AS (
+    SELECT run_id,
+           task_id,
+           attempt,
+           arg_max(workflow, seq) FILTER (WHERE type = 'TaskSucceeded') AS workflow,
+           arg_max(workflow_version, seq) FILTER (WHERE type = 'TaskSucceeded') AS workflow_version,
+           min(ts_us) FILTER (WHERE type = 'TaskStarted') AS started_us,
+           max(ts_us) FILTER (WHERE type = 'TaskSucceeded') AS ended_us,
+           arg_max(payload, seq) FILTER (WHERE type = 'TaskSucceeded') AS payload
+    FROM _events_raw
+    WHERE type IN ('TaskStarted', 'TaskSucceeded') AND task_id IS NOT NULL AND attempt IS NOT NULL
+    GROUP BY run_id, task_id, attempt
+),
+latest AS (
+    SELECT workflow,
+           workflow_version,
+           task_id,
+           ended_us,
+           coalesce(TRY_CAST(payload ->> 'duration_ms' AS DOUBLE) / 1e3, (ended_us - started_us) / 1e6) AS duration_s
+    FROM attempts
+    WHERE ended_us IS NOT NULL
+    QUALIFY row_number() OVER (
+        PARTITION BY workflow, workflow_version, task_id ORDER BY ended_us DESC, run_id DESC, attempt DESC) <= 30
+)
+SELECT workflow,
+       workflow_version,
+       task_id,
+       count(duration_s) AS samples,
+       avg(duration_s) AS mean_s,
+       stddev_samp(duration_s) AS stddev_s,
+       quantile_cont(duration_s, 0.5) AS p50_s,
+       quantile_cont(duration_s, 0.95) AS p95_s,
+       make_timestamp(max(ended_us)) AS last_at
+FROM latest
+GROUP BY workflow, workflow_version, task_id
+ORDER BY workflow, workflow_version, task_id;
+
+-- alerts: one row per AlertRaised event (kf.alerts() lists them). The payload
+-- is kernelflow.widgets.alert.Alert.to_dict() plus `key` and `channels`; the
+-- event's own columns give the run, workflow version and task (NULL for a
+-- run's alert). AlertDelivery events (in the alert's run, payload.alert_seq =
+-- the alert's seq) tell what became of it: `notified` counts those whose
+-- status is 'sent' (a channel took the notification; the delivery statuses
+-- are listed with ALERT_DELIVERY in kernelflow/events.py), and
+-- `last_delivery_status` is the status of the latest, whatever its channel.
+CREATE OR REPLACE VIEW alerts AS
+WITH deliveries AS (
+    SELECT run_id,
+           TRY_CAST(payload ->> 'alert_seq' AS BIGINT) AS alert_seq,
+           count(*) FILTER (WHERE payload ->> 'status' = 'sent') AS notified,
+           arg_max(payload ->> 'status', seq) AS last_status
+    FROM _events_raw
+    WHERE type = 'AlertDelivery'
+    GROUP BY run_id, alert_seq
+)
+SELECT a.run_id,
+       a.seq,
+       make_timestamp(coalesce(TRY_CAST(a.payload ->> 'raised_at' AS BIGINT), a.ts_us)) AS raised_at,
+       coalesce(a.workflow, a.payload ->> 'workflow') AS workflow,
+       a.workflow_version,
+       coalesce(a.task_id, a.payload ->> 'task') AS task_id,
+       a.payload ->> 'metric' AS metric,
+       TRY_CAST(a.payload ->> 'value' AS DOUBLE) AS value,
+       TRY_CAST(a.payload ->> 'baseline' AS DOUBLE) AS baseline,
+       TRY_CAST(a.payload ->> 'spread' AS DOUBLE) AS spread,
+       TRY_CAST(a.payload ->> 'score' AS DOUBLE) AS score,
+       a.payload ->> 'rule' AS rule,
+       a.payload ->> 'severity' AS severity,
+       a.payload ->> 'message' AS message,
+       a.payload ->> 'key' AS key,
+       _json_or_null(a.payload -> 'channels') AS channels,
+       coalesce(d.notified, 0) AS notified,
+       d.last_status AS last_delivery_status
+FROM _events_raw a
+LEFT JOIN deliveries d ON d.run_id = a.run_id AND d.alert_seq = a.seq
+WHERE a.type = 'AlertRaised'
+ORDER BY raised_at, a.run_id, a.seq;
