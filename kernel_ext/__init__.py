@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .display import register_formatters, unregister_formatters
-from .live_status import NotebookStatusPlugin
+from .live_status import NotebookStatusPlugin, show_alert
 from .magics import KernelflowMagics
 
 _plugin: NotebookStatusPlugin | None = None
@@ -25,6 +25,10 @@ def load_ipython_extension(ipython: Any) -> None:
     if _plugin is None:
         _plugin = NotebookStatusPlugin(ipython)
         plugin_host.register(_plugin, name="kernelflow.notebook_status")
+        if getattr(ipython, "kernel", None) is not None:
+            from kernelflow.alerting import add_listener
+
+            add_listener(show_alert)
     from kernelflow.recovery import notice
 
     text = notice()
@@ -40,3 +44,6 @@ def unload_ipython_extension(ipython: Any) -> None:
     if _plugin is not None:
         plugin_host.unregister(_plugin)
         _plugin = None
+        from kernelflow.alerting import remove_listener
+
+        remove_listener(show_alert)

@@ -77,3 +77,12 @@ class NotebookStatusPlugin:
         if getattr(self._ipython, "kernel", None) is None:
             return None
         return [LiveDag(run)]
+
+
+def show_alert(run: Run, alert: Any) -> None:
+    """An alert banner where the run shows, as the detector raises it."""
+    from IPython.display import display
+
+    from kernelflow.widgets.alert import AlertWidget
+
+    display(AlertWidget(alert))

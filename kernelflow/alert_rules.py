@@ -32,14 +32,18 @@ SEVERITIES = ("info", "warning", "critical")
 class Rule:
     """One check's settings. Which fields a kind reads:
 
-    - ``duration``: ``z`` (threshold on ``(value - mean) / spread``), ``factor``
+    - ``duration``: ``z`` (threshold on a z-score of log-durations; see
+      :func:`kernelflow.anomaly_checks.check_duration` for the small-sample
+      correction and the spread floor), ``factor``
       (the value must also be at least ``factor`` × the mean: a tiny spread
       alone never alerts), ``window`` (last N successful attempts of the same
       task and workflow version) or ``since_s`` (a time window instead),
       ``min_samples``.
     - ``error_rate``: ``rate`` (the recent failure rate must exceed the
-      baseline rate by this much), ``recent`` (the sliding window of latest
-      runs), ``window`` (the runs before them: the baseline), ``min_samples``.
+      baseline rate by this much, and pass a binomial test: see
+      :func:`kernelflow.anomaly_checks.check_error_rate`), ``recent`` (the
+      sliding window of latest runs), ``window`` (the runs before them: the
+      baseline), ``min_samples``.
     - ``trend``: ``factor`` (the fitted duration at the newest run over the
       fitted one at the oldest of the ``recent`` runs), ``recent``, ``min_samples``.
     - ``stuck``: ``factor`` (running longer than ``factor`` × the baseline's

@@ -9,6 +9,7 @@ detector (``plugins/anomaly_detector.py``) asks :func:`rules_for` at each run.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -46,6 +47,12 @@ def announce(run: Any, alert: Any) -> None:
             fn(run, alert)
         except Exception as exc:  # noqa: BLE001 - showing an alert must not fail a run
             warnings.warn(f"kernelflow alert listener {fn!r} failed: {exc}", RuntimeWarning, stacklevel=2)
+
+
+def reset() -> None:
+    """Forget every workflow's rules (back to the defaults)."""
+    with _lock:
+        _rules.clear()
 
 
 def set_rules(workflow: str, rules: AlertRules) -> None:
@@ -105,14 +112,18 @@ class Alerts:
         return "\n".join(f"{r['raised_at']} {r['severity']:8} {r['workflow']}/{r['task_id'] or '*'}: {r['message']}" for r in self)
 
     def widgets(self) -> list[Any]:
-        """An alert widget per row."""
-        from .widgets.alert import Alert, AlertWidget
+        """An alert widget per row, from the ``AlertRaised`` events themselves (they carry the history)."""
+        from .store_access import open_store
+        from .widgets.alert import AlertWidget
 
         out = []
+        store = open_store()
         for row in self:
-            payload = row.get("payload")
-            if payload:
-                out.append(AlertWidget(Alert.from_json(payload)))
+            found = store.sql("SELECT payload FROM events WHERE run_id = ? AND seq = ?", [row["run_id"], row["seq"]])
+            if found.height:
+                payload = found.item(0, 0)
+                data = json.loads(payload) if isinstance(payload, str) else dict(payload)
+                out.append(AlertWidget(alert_of(data)))
         return out
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
@@ -141,6 +152,13 @@ class Alerts:
             bundle.update(view)
             bundle["text/html"] = page
         return bundle
+
+
+def alert_of(payload: Mapping[str, Any]) -> Any:
+    """The :class:`~kernelflow.widgets.alert.Alert` of an ``AlertRaised`` payload (which adds ``key`` and ``channels``)."""
+    from .widgets.alert import Alert
+
+    return Alert.from_dict({k: v for k, v in payload.items() if k not in ("key", "channels")})
 
 
 def alerts(workflow: Any = None, /, *, since: str | None = None, limit: int = 50, **rules: Any) -> Alerts | None:

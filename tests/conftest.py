@@ -31,6 +31,14 @@ def kernelflow_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
     poller = sys.modules.get("kernelflow.widgets.poller")
     if poller is not None:  # widgets of this test must not poll its store after it (nor during a fork)
         poller.clear()
+    # Alert rules and channels are per process: one test's must not reach the next.
+    alerting = sys.modules.get("kernelflow.alerting")
+    if alerting is not None:
+        alerting.reset()
+    channels = sys.modules.get("kernelflow.alert_channels_api")
+    if channels is not None:
+        for name in channels.channel_names():
+            channels.remove_channel(name)
     close_stores()
     use_store(None)
 

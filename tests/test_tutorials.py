@@ -241,3 +241,35 @@ def test_the_widgets_notebook_runs_and_saves_the_final_state_of_each_widget(tmp_
     row = store.sql("SELECT status, answered_by, input FROM approvals").row(0)
     assert row[:2] == ("granted", "ana") and json.loads(row[2]) == {"ledger": "main", "limit": 2}
     assert store.sql("SELECT status FROM runs").item() == "succeeded"
+
+
+ANOMALIES = ROOT / "notebooks" / "05-anomalies.ipynb"
+
+
+def test_the_anomalies_notebook_is_saved_clean():
+    nb = nbformat.read(ANOMALIES, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.outputs == [] and c.execution_count is None for c in code)
+    assert ANOMALIES.stat().st_size < 30_000
+    sources = "\n".join(c.source for c in code)
+    for needle in ("kf.alert_channel(", "kf.alerts(", "task_baselines", "AlertDelivery", "%load_ext kernelflow"):
+        assert needle in sources, needle
+
+
+@pytest.mark.slow
+def test_the_anomalies_notebook_catches_the_slowdown_inline(tmp_path, kernel_env):
+    nb = nbformat.read(ANOMALIES, as_version=4)
+    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert errors == []
+    history = _cell(nb, "import random")
+    assert _text(history).rstrip().endswith("0)")  # twelve normal runs, no alert
+    slow = _cell(nb, 'speed["load"] = 0.18')
+    banners = [h for h in _html(slow) if "kf-alert" in h]
+    assert len(banners) == 1 and "duration" in banners[0]  # the alert, in the cell of the run that raised it
+    assert "('duration', 'load'," in _text(_cell(nb, "from kernelflow import alert_delivery"))
+    store = FolderStore(kernel_env)
+    row = store.sql("SELECT task_id, rule, notified FROM alerts").row(0)
+    assert row == ("load", "duration", 1)
+    assert "alerts.duration.window must be a whole number of at least 1, got -1" in _text(nb.cells[-2])
