@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import events as ev
+from .run_append import NoSuchRun, append_if_free
 
 if TYPE_CHECKING:  # pragma: no cover
     from kernelflow.widgets.alert import Alert
@@ -372,8 +373,12 @@ def _record(rec: _Record) -> None:
         run._emit(ev.ALERT_DELIVERY, payload=rec.payload)
         return
     store = run.store if run is not None else rec.store
-    lease = store.lease(rec.run_id)
-    if lease is None:  # another driver holds the run: try again shortly
+    try:
+        event = append_if_free(store, rec.run_id, ev.ALERT_DELIVERY, payload=rec.payload)
+    except NoSuchRun:
+        log.warning("kernelflow: no run %s in %s to record AlertDelivery on", rec.run_id, store.location)
+        return
+    if event is None:  # another driver holds the run: try again shortly
         rec.tries += 1
         now = time.monotonic()
         if now >= rec.deadline:
@@ -383,15 +388,3 @@ def _record(rec: _Record) -> None:
             )  # fmt: skip
             return
         _put([rec], now + min(0.05 * 2 ** min(rec.tries, 5), 1.0))
-        return
-    try:
-        events = store.read_run(rec.run_id)
-        if not events:
-            log.warning("kernelflow: no run %s in %s to record AlertDelivery on", rec.run_id, store.location)
-            return
-        last = events[-1]
-        event = ev.Event(rec.run_id, last.seq + 1, ev.now_us(), ev.ALERT_DELIVERY, last.workflow,
-                         last.workflow_version, None, None, rec.payload, ev.current_actor())  # fmt: skip
-        store.append(event)
-    finally:
-        lease.release()

@@ -259,26 +259,15 @@ def record(run: Run, type_: str, task: str | None, attempt: int | None, payload:
     """Append an event to ``run``: through its driver while this process drives it, else under its lease."""
     if run._lease is not None:
         return run._emit(type_, task, attempt, payload)
-    from kernelflow.events import current_actor
+    from kernelflow.run_append import append_if_free
 
-    lease = None
-    for _ in range(40):
-        lease = run.store.lease(run.run_id)
-        if lease is not None:
-            break
+    for _ in range(40):  # a resume elsewhere may hold the run a moment
+        event = append_if_free(run.store, run.run_id, type_, task, attempt, payload)
+        if event is not None:
+            return event
         threading.Event().wait(0.05)
-    if lease is None:
-        warnings.warn(f"kernelflow could not record {type_} on run {run.run_id}: another process drives it", RuntimeWarning, stacklevel=2)
-        return None
-    try:
-        events = run.store.read_run(run.run_id)
-        last = events[-1]
-        event = Event(run.run_id, last.seq + 1, ev.now_us(), type_, last.workflow, last.workflow_version, task, attempt,
-                      payload, current_actor())  # fmt: skip
-        run.store.append(event)
-        return event
-    finally:
-        lease.release()
+    warnings.warn(f"kernelflow could not record {type_} on run {run.run_id}: another process drives it", RuntimeWarning, stacklevel=2)
+    return None
 
 
 @hookimpl
