@@ -135,6 +135,18 @@ APPROVAL_STATUS: dict[str, str] = {
 }
 """The answer event -> the ``approvals.status`` of the request it answers."""
 APPROVAL_PENDING = "pending"
+
+DELIVERY_NOTIFIED: dict[str, bool] = {}
+"""``AlertDelivery`` status -> whether a channel took the notification (``alerts.notified`` counts those)."""
+
+
+def _delivery_statuses() -> dict[str, bool]:
+    from kernelflow.alert_delivery import FAILED, GAVE_UP, SENT, SUPPRESSED
+
+    return {SENT: True, FAILED: False, GAVE_UP: False, SUPPRESSED: False}
+
+
+DELIVERY_NOTIFIED.update(_delivery_statuses())
 """``approvals.status`` of a request without an answer yet."""
 
 INITIAL_RUN_STATUS: str = RunState("").status
@@ -213,6 +225,8 @@ def lookup_tables_sql() -> list[str]:
             [(t, *(RUN_FIELD_EFFECTS[t].get(f) for f in RUN_FIELDS)) for t in RUN_FIELD_EFFECTS],
             ("VARCHAR",) * (1 + len(RUN_FIELDS)),
         ),
+        "CREATE OR REPLACE TEMP TABLE _delivery_status AS "
+        + _values("status, notified", list(DELIVERY_NOTIFIED.items()), ("VARCHAR", "BOOLEAN")),
         "CREATE OR REPLACE TEMP TABLE _approval_answer AS "
         + _values("type, status", list(APPROVAL_STATUS.items()), ("VARCHAR", "VARCHAR")),
         "CREATE OR REPLACE TEMP TABLE _initial AS "

@@ -6,7 +6,7 @@
 --   _workflow_defs one row per registered workflow version: definition (JSON)
 -- and the lookup tables generated from store/statuses.py (_run_status,
 -- _attempt_end, _attempt_interrupted, _attempt_end_by_reason, _task_status, _attempt_open_status,
--- _task_effect, _run_effect, _approval_answer, _initial), which hold every
+-- _task_effect, _run_effect, _approval_answer, _delivery_status, _initial), which hold every
 -- event-type -> status decision and say which event writes which field: no
 -- status is decided here. The only words this file compares with are the
 -- runs.tasks_* bucket names, the effect words of statuses.py ('set', 'next')
@@ -523,18 +523,19 @@ ORDER BY workflow, workflow_version, task_id;
 -- event's own columns give the run, workflow version and task (NULL for a
 -- run's alert). AlertDelivery events (in the alert's run, payload.alert_seq =
 -- the alert's seq) tell what became of it: `notified` counts those whose
--- status is 'sent' (a channel took the notification; the delivery statuses
--- are listed with ALERT_DELIVERY in kernelflow/events.py), and
+-- status says a channel took the notification (_delivery_status, from
+-- store/statuses.py), and
 -- `last_delivery_status` is the status of the latest, whatever its channel.
 CREATE OR REPLACE VIEW alerts AS
 WITH deliveries AS (
-    SELECT run_id,
-           TRY_CAST(payload ->> 'alert_seq' AS BIGINT) AS alert_seq,
-           count(*) FILTER (WHERE payload ->> 'status' = 'sent') AS notified,
-           arg_max(payload ->> 'status', seq) AS last_status
-    FROM _events_raw
-    WHERE type = 'AlertDelivery'
-    GROUP BY run_id, alert_seq
+    SELECT e.run_id,
+           TRY_CAST(e.payload ->> 'alert_seq' AS BIGINT) AS alert_seq,
+           count(*) FILTER (WHERE s.notified) AS notified,
+           arg_max(e.payload ->> 'status', e.seq) AS last_status
+    FROM _events_raw e
+    LEFT JOIN _delivery_status s ON s.status = e.payload ->> 'status'
+    WHERE e.type = 'AlertDelivery'
+    GROUP BY e.run_id, alert_seq
 )
 SELECT a.run_id,
        a.seq,
