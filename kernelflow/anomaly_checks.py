@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from statistics import NormalDist
 
 from .alert_rules import Rule
+from .durations import readable_duration as fmt_seconds
 
 REL_SPREAD_FLOOR = 0.05
 """The smallest spread a baseline of durations is given: 5 % of the duration
@@ -518,19 +519,6 @@ def _stdev(xs: Sequence[float]) -> float:
 
 
 # --- words ---------------------------------------------------------------------------
-
-
-def fmt_seconds(s: float) -> str:
-    """``850 ms``, ``3.1 s``, ``4.2 min``, ``2.5 h``."""
-    if not math.isfinite(s):
-        return f"{s} s"
-    if s < 1.0:
-        return f"{s * 1e3:.3g} ms"
-    if s < 120.0:
-        return f"{s:.1f} s"
-    if s < 7200.0:
-        return f"{s / 60.0:.1f} min"
-    return f"{s / 3600.0:.1f} h"
 
 
 def _ratio(r: float) -> str:

@@ -1,7 +1,8 @@
-"""Durations as users write them: ``30``, ``1.5``, ``"500ms"``, ``"30s"``, ``"5m"``, ``"2h"``, ``"1d"``."""
+"""Durations as users write them (``30``, ``1.5``, ``"500ms"``, ``"30s"``, ``"5m"``, ``"2h"``, ``"1d"``), and as people read them."""
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -31,3 +32,16 @@ def format_duration(seconds: float) -> str:
             return f"{int(n)}{unit}"
     ms = seconds * 1000
     return f"{int(ms)}ms" if ms == int(ms) else f"{seconds:g}s"
+
+
+def readable_duration(seconds: float) -> str:
+    """For people, at a glance: ``850 ms``, ``3.1 s``, ``4.2 min``, ``2.5 h``."""
+    if not math.isfinite(seconds):
+        return f"{seconds} s"
+    if seconds < 1.0:
+        return f"{seconds * 1e3:.3g} ms"
+    if seconds < 120.0:
+        return f"{seconds:.1f} s"
+    if seconds < 7200.0:
+        return f"{seconds / 60.0:.1f} min"
+    return f"{seconds / 3600.0:.1f} h"

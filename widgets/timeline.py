@@ -40,6 +40,7 @@ from kernelflow.store.statuses import (
 )
 
 from kernelflow import events as ev
+from kernelflow.durations import readable_duration
 from kernelflow.events import Event, us_to_datetime
 from kernelflow.reducer import FINAL_RUN_STATUSES, RunState, apply
 
@@ -477,14 +478,6 @@ def _fmt_ms(ms: float | None) -> str:
     return f"{ms:.1f} ms" if ms < 1000 else f"{ms / 1000:.2f} s"
 
 
-def _fmt_s(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.2f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def timeline_svg(w: TimelineWidget) -> str:
     """The Gantt as an SVG string: the final state, the same marks as the JS draws."""
     esc = html.escape
@@ -511,7 +504,7 @@ def timeline_svg(w: TimelineWidget) -> str:
             f"<g class='kf-break'><rect x='{bx0:.1f}' y='{TOP}' width='{max(bx1 - bx0, 1):.1f}' "
             f"height='{height - TOP - 6}' fill='#e4e4e7' fill-opacity='0.6'/>"
             f"<text x='{(bx0 + bx1) / 2:.1f}' y='{TOP - 4}' text-anchor='middle' fill='#71717a'>"
-            f"⋯{esc(_fmt_s(seconds))}</text></g>"
+            f"⋯{esc(readable_duration(seconds))}</text></g>"
         )
     for task, i in rows.items():
         status = final.get(task, "pending")
@@ -553,7 +546,7 @@ def timeline_html(w: TimelineWidget) -> str:
     start = us_to_datetime(w.t0).strftime("%Y-%m-%d %H:%M:%S")
     head = (
         f"<b>{html.escape(w.workflow)}</b> run <code>{html.escape(w.run_id)}</code>: <b>{html.escape(w.status)}</b>"
-        f" · started {start} UTC · {_fmt_s(max(w.events[-1][0], 0) / 1e6)} · {len(w.events)} events"
+        f" · started {start} UTC · {readable_duration(max(w.events[-1][0], 0) / 1e6)} · {len(w.events)} events"
     )
     if len(w.tasks) > SVG_TASK_LIMIT:  # too many rows to read in a picture; the counts are still true
         counts = Counter(w.status_at(w.last_seq).values())
