@@ -27,7 +27,8 @@ from .dead_letters import dlq
 from .decorators import approval, for_each, task
 from .definitions import workflow
 from .engine import back_to, skip_to
-from .step_factories import http, shell, step, subworkflow, switch
+from .step_factories import http, notebook, shell, step, subworkflow, switch
+from .records import record, records
 from .yaml_compiler import load
 from .events import Event
 from .exceptions import (
@@ -90,10 +91,13 @@ __all__ = [
     "hookimpl",
     "http",
     "load",
+    "notebook",
     "now",
     "open_store",
     "plugin_names",
     "random",
+    "record",
+    "records",
     "reject",
     "remember",
     "replay",

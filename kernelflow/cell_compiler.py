@@ -210,7 +210,7 @@ def compile_cell(
     return wf
 
 
-STEP_FACTORIES = frozenset({"shell", "http", "subworkflow", "switch", "step"})
+STEP_FACTORIES = frozenset({"shell", "http", "notebook", "subworkflow", "switch", "step"})
 
 
 def _step_assignments(tree: ast.Module) -> dict[str, ast.Assign]:

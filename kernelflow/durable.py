@@ -84,6 +84,11 @@ def context() -> TaskContext:
     return ctx
 
 
+def current_context() -> TaskContext | None:
+    """The running task's context, or None outside a task (unlike :func:`context`, no error)."""
+    return _CURRENT.get()
+
+
 def bind(ctx: TaskContext, fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` wrapped so that it runs with ``ctx`` as the current task context."""
 

@@ -29,6 +29,7 @@ import queue
 import random
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import orjson
@@ -40,6 +41,7 @@ from .executor_api import Executor, TaskCall, TaskOutcome
 from .plugin_host import executor_spec
 from .durable import TaskContext, bind
 from .run import Run
+from .run_origin import origin_fields
 
 GATE_POLL_S = 0.2  # how often a driving process looks for answers given elsewhere
 INLINE_OUTPUT_LIMIT = 2048  # bytes of JSON; larger or richer outputs become artifacts
@@ -225,8 +227,7 @@ class _Driver:
                     "tasks": list(wf.order),
                     "max_parallel": self.max_parallel,
                     "executor": wf.executor,
-                    "notebook": os.environ.get("KERNELFLOW_NOTEBOOK") or os.environ.get("JPY_SESSION_NAME"),
-                    "batch_id": os.environ.get("KERNELFLOW_BATCH_ID"),
+                    **origin_fields(),
                     **({"source": wf.origin} if wf.origin not in ("cell", "") and os.path.isfile(wf.origin) else {}),
                     **{k: v for k, v in run.options.items() if v},
                     **run.parent_info,
@@ -636,7 +637,7 @@ class _Driver:
             if extra is None:
                 return  # rejected, expired or a pure gate: decided here
         executor_name = self.plan[tid][3]
-        if self.run._replaying and spec.kind in ("shell", "http", "workflow"):
+        if self.run._replaying and spec.kind in ("shell", "http", "notebook", "workflow"):
             self.replay_recorded(tid, attempt)
             return
         if spec.kind == "sleep":
@@ -763,6 +764,24 @@ class _Driver:
                 )
 
             return call_http, {}, meta
+        if kind == "notebook":
+            from .notebook_step import run_notebook
+
+            origin = self.wf.origin
+            base = Path(origin).resolve().parent if origin not in ("cell", "") and os.path.isfile(origin) else None
+
+            def call_notebook() -> Any:
+                return run_notebook(
+                    action["notebook"],
+                    action.get("parameters"),
+                    kernel=action.get("kernel"),
+                    base_dir=base,
+                    timeout=timeout,
+                    task_id=tid,
+                    mask=mask,
+                )
+
+            return call_notebook, {}, meta
         if kind == "workflow":
             from .subworkflows import call_subworkflow
 
@@ -1204,9 +1223,11 @@ class _Driver:
             if handle is not None:
                 handle.cancel()
         try:
+            from .notebook_step import kill_running as stop_notebooks
             from .shell_step import kill_running
 
             kill_running()
+            stop_notebooks()
         except Exception:  # noqa: BLE001 - best effort while stopping
             pass
 

@@ -59,6 +59,7 @@ SLEEP_STARTED = "SleepStarted"  # a sleep step -> sleeping; payload: seconds, wa
 SIDE_EFFECT_RECORDED = "SideEffectRecorded"  # kf.now/random/remember/sleep inside a task; payload: kind, call, scope, value | value_ref
 ALERT_RAISED = "AlertRaised"  # an anomaly (docs/alerts.md); payload: kernelflow.widgets.alert.Alert.to_dict() + key, channels
 ALERT_DELIVERY = "AlertDelivery"  # a channel's attempt to notify; payload: alert_seq, channel, status (sent|failed|gave_up|suppressed), attempt, error, suppressed (count folded in)
+TASK_ARTIFACT = "TaskArtifact"  # a file an attempt produced, kept for the user; payload: kind (notebook), path, notebook, parameters
 TASK_LOGGED = "TaskLogged"  # what an attempt printed/logged (tail; secrets masked); payload: text, truncated, item (forEach index)
 
 RUN_EVENT_TYPES = (RUN_STARTED, RUN_SUCCEEDED, RUN_FAILED, RUN_SUSPENDED, RUN_RESUMED)
@@ -86,6 +87,7 @@ FLOW_EVENT_TYPES = (
     DEAD_LETTER_RETRIED,
     DEAD_LETTER_DISCARDED,
     TASK_LOGGED,
+    TASK_ARTIFACT,
     ALERT_RAISED,
     ALERT_DELIVERY,
 )

@@ -226,7 +226,7 @@ DEFAULT_OPTIONS = TaskOptions()
 _DEFAULT_OPTIONS_DICT = DEFAULT_OPTIONS.to_dict()
 
 
-STEP_KINDS = ("python", "shell", "http", "workflow", "switch")
+STEP_KINDS = ("python", "shell", "http", "notebook", "workflow", "switch")
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .model import Workflow
 
-SIDE_EFFECT_KINDS = frozenset({"shell", "http", "workflow"})
+SIDE_EFFECT_KINDS = frozenset({"shell", "http", "notebook", "workflow"})
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ task of that name, exactly like the YAML step with the same keys::
 
     fetch = kf.shell(["curl", "-sf", "https://example.org/{{inputs.date}}.json"], timeout="30s")
     notify = kf.http("POST", "https://hooks.example.org/x", json={"n": "{{tasks.count.output}}"})
+    render = kf.notebook("report.ipynb", parameters={"day": "{{inputs.day}}"})
     report = kf.subworkflow(etl, input={"url": "{{inputs.url}}"})
     route = kf.switch("{{tasks.parse.output.kind}}", cases={"a": handle_a}, default=other)
 """
@@ -77,6 +78,29 @@ def http(
     if json is not None:
         extra["json"] = json
     return StepDef({"run": "http", "method": method, "url": url, **extra, **options}, "kf.http(...)")
+
+
+def notebook(
+    path: str,
+    parameters: Mapping[str, Any] | None = None,
+    *,
+    kernel: str | None = None,
+    **options: Any,
+) -> StepDef:
+    """A notebook step: execute the notebook at ``path`` with papermill and
+    ``parameters`` (values or templates such as ``"{{inputs.date}}"``).
+
+    The output is what the notebook recorded with ``kf.record(name, value)``,
+    as ``{name: value}``. Parameters are checked against the notebook's cell
+    tagged ``parameters`` before its kernel starts. The executed notebook is
+    kept with the run's artifacts and linked from the step's details. A
+    ``timeout`` stops the notebook's kernel. Other options are the common
+    step options (``retries``, ``when``, ...).
+    """
+    extra: dict[str, Any] = {"parameters": dict(parameters)} if parameters is not None else {}
+    if kernel is not None:
+        extra["kernel"] = kernel
+    return StepDef({"run": "notebook", "notebook": path, **extra, **options}, "kf.notebook(...)")
 
 
 def subworkflow(

@@ -49,6 +49,7 @@ COMMON_KEYS = (
 KIND_KEYS = {
     "shell": ("argv", "shell", "cwd", "env", "inherit_env", "max_output", "stdin"),
     "http": ("method", "url", "headers", "json", "params", "max_body"),
+    "notebook": ("notebook", "parameters", "kernel"),
 }
 SLEEP_KEYS = ("id", "sleep", "needs", "after", "when")
 ALL_KEYS = COMMON_KEYS + tuple(k for keys in KIND_KEYS.values() for k in keys)
@@ -120,29 +121,29 @@ def kind_of(run: Any, raw: Mapping[str, Any], has_function: bool, locate: Locate
         raise DefinitionError(
             f"{what} has nothing to run",
             location=locate(None),
-            hint="add run: python:NAME, module:function, shell, http or workflow:NAME (or a switch:)",
+            hint="add run: python:NAME, module:function, shell, http, notebook or workflow:NAME (or a switch:)",
         )
     if callable(run):
         return "python", ""
     if not isinstance(run, str) or not run.strip():
         raise DefinitionError(
-            f"{what}: run must be text such as python:NAME, module:function, shell, http or workflow:NAME, got {run!r}",
+            f"{what}: run must be text such as python:NAME, module:function, shell, http, notebook or workflow:NAME, got {run!r}",
             location=locate("run"),
         )
     run = run.strip()
-    if run in ("shell", "http"):
+    if run in ("shell", "http", "notebook"):
         return run, run
     if run.startswith("workflow:"):
         return "workflow", run
     if ":" in run:
         return "python", run
-    close = difflib.get_close_matches(run, ["shell", "http"], n=1)
+    close = difflib.get_close_matches(run, ["shell", "http", "notebook"], n=1)
     raise DefinitionError(
         f"{what}: run: {run!r} is not something kernelflow can run"
         + (f" (did you mean {close[0]!r}?)" if close else ""),
         location=locate("run"),
         hint=f"write run: python:{run} for a function in the notebook, module:function for an importable one, "
-        "shell, http or workflow:NAME",
+        "shell, http, notebook or workflow:NAME",
     )
 
 
@@ -320,6 +321,8 @@ def _build_step(
         action = _shell_action(opts, locate, what)
     elif kind == "http":
         action = _http_action(opts, locate, what)
+    elif kind == "notebook":
+        action = _notebook_action(opts, locate, what)
 
     switch = _switch(opts.get("switch"), locate, what, aux) if "switch" in opts else None
     if switch is not None and kind != "switch":
@@ -892,6 +895,33 @@ def _http_action(opts: Mapping[str, Any], locate: Locate, what: str) -> dict[str
         if not isinstance(opts["params"], Mapping):
             raise DefinitionError(f"{what}: params must be a mapping, got {opts['params']!r}", location=locate("params"))
         action["params"] = dict(opts["params"])
+    return action
+
+
+def _notebook_action(opts: Mapping[str, Any], locate: Locate, what: str) -> dict[str, Any]:
+    path = opts.get("notebook")
+    if not isinstance(path, str) or not path.strip():
+        raise DefinitionError(
+            f"{what} runs a notebook but names none" if path is None else f"{what}: notebook must be a path, got {path!r}",
+            location=locate("notebook") or locate(None),
+            hint="notebook: reports/child.ipynb (relative to the workflow file, or to the current folder)",
+        )
+    if "{{" not in path and not path.strip().endswith(".ipynb"):
+        raise DefinitionError(f"{what}: notebook {path!r} is not a .ipynb file", location=locate("notebook"))
+    action: dict[str, Any] = {"notebook": path.strip()}
+    parameters = opts.get("parameters")
+    if parameters is not None:
+        if not isinstance(parameters, Mapping) or not all(isinstance(k, str) and k.isidentifier() for k in parameters):
+            raise DefinitionError(
+                f"{what}: parameters must map parameter names to values, got {parameters!r}",
+                location=locate("parameters"),
+                hint="parameters: {date: '{{inputs.date}}', n: 10}",
+            )
+        action["parameters"] = dict(parameters)
+    if opts.get("kernel") is not None:
+        if not isinstance(opts["kernel"], str):
+            raise DefinitionError(f"{what}: kernel must be a kernel name such as python3", location=locate("kernel"))
+        action["kernel"] = opts["kernel"]
     return action
 
 

@@ -111,6 +111,10 @@ SELECT p.run_id,
        coalesce(c.tasks_skipped, 0) AS tasks_skipped,
        s.actor,
        s.payload ->> 'notebook' AS notebook,
+       s.payload -> 'parameters' AS parameters,
+       s.payload ->> 'output_notebook' AS output_notebook,
+       s.payload ->> 'batch_id' AS batch_id,
+       s.payload -> 'trigger' ->> 'trigger_id' AS trigger_id,
        p.events,
        p.last_seq
 FROM per_run p

@@ -98,7 +98,8 @@ def test_views_have_documented_columns_and_types(tmp_store: FolderStore) -> None
             ("status", "VARCHAR"), ("started_at", "TIMESTAMP"), ("ended_at", "TIMESTAMP"),
             ("duration_s", "DOUBLE"), ("inputs", "JSON"), ("tasks_total", "BIGINT"),
             ("tasks_succeeded", "BIGINT"), ("tasks_failed", "BIGINT"), ("tasks_skipped", "BIGINT"),
-            ("actor", "JSON"), ("notebook", "VARCHAR"), ("events", "BIGINT"), ("last_seq", "BIGINT"),
+            ("actor", "JSON"), ("notebook", "VARCHAR"), ("parameters", "JSON"), ("output_notebook", "VARCHAR"),
+            ("batch_id", "VARCHAR"), ("trigger_id", "VARCHAR"), ("events", "BIGINT"), ("last_seq", "BIGINT"),
         ],
         "task_attempts": [
             ("run_id", "VARCHAR"), ("workflow", "VARCHAR"), ("workflow_version", "VARCHAR"),

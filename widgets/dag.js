@@ -205,6 +205,14 @@ function render({ model, el }) {
     const logs = section("logs", "kf-details-logs", panel);
     if (!(d.logs || []).length) h("div", "kf-empty", "nothing printed", logs);
     (d.logs || []).forEach(([a, text]) => h("pre", null, (d.logs.length > 1 ? `attempt ${a}:\n` : "") + text, logs));
+    if ((d.files || []).length) {
+      // Paths, not links: the store lives in a hidden folder, which Jupyter's file server refuses by default.
+      const files = section("files", "kf-details-files", panel);
+      d.files.forEach(([a, kind, path]) => {
+        const row = h("div", "kf-file", `${kind === "notebook" ? "executed notebook" : kind} (attempt ${a}): `, files);
+        h("code", null, path, row).title = path;
+      });
+    }
     const attempts = section("attempts", "kf-details-attempts", panel);
     const table = h("table", null, null, attempts);
     (d.attempts || []).forEach((row) => {

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import anywidget
 import traitlets
 
+from kernelflow import events as ev
 from kernelflow.reducer import RunState, fold
 
 from . import poller
@@ -278,6 +279,11 @@ class DagWidget(StaticFallback, anywidget.AnyWidget):
                 out["output"] = f"<pre>output not readable: {type(exc).__name__}: {exc}</pre>"
         out["inputs"] = self._inputs_html(snap, tid)
         out["attempts"], out["logs"] = _attempts_and_logs(events, tid)
+        out["files"] = [
+            [e.attempt, (e.payload or {}).get("kind"), (e.payload or {}).get("path")]
+            for e in events
+            if e.type == ev.TASK_ARTIFACT and e.task_id == tid
+        ]
         if t.gate:
             out["gate"] = {k: t.gate.get(k) for k in ("kind", "message", "expires_at") if k in t.gate}
         return out
@@ -491,7 +497,6 @@ def _spline_path(pos: str, height: float) -> str:
 
 def _attempts_and_logs(events: list[Any], tid: str) -> tuple[list[list[Any]], list[list[Any]]]:
     """``[[attempt, status, started (UTC text), duration_ms, problem]]`` and ``[[attempt, text]]`` of ``tid``."""
-    from kernelflow import events as ev
     from kernelflow.events import us_to_datetime
 
     ends = {ev.TASK_SUCCEEDED: "succeeded", ev.TASK_RETRYING: "failed", ev.TASK_FAILED: "failed", ev.TASK_TIMED_OUT: "timed_out"}
