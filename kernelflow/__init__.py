@@ -29,6 +29,8 @@ from .definitions import workflow
 from .engine import back_to, skip_to
 from .step_factories import http, notebook, shell, step, subworkflow, switch
 from .records import record, records
+from .schedule_api import schedule, schedules, unschedule
+from .schedules import Schedule
 from .yaml_compiler import load
 from .events import Event
 from .exceptions import (
@@ -62,6 +64,7 @@ __all__ = [
     "OptionError",
     "PluginError",
     "Run",
+    "Schedule",
     "RunFailedError",
     "RunState",
     "StoreError",
@@ -99,6 +102,8 @@ __all__ = [
     "record",
     "records",
     "reject",
+    "schedule",
+    "schedules",
     "remember",
     "replay",
     "resume",
@@ -112,6 +117,7 @@ __all__ = [
     "switch",
     "task",
     "timeline",
+    "unschedule",
     "unfinished_runs",
     "use_store",
     "workflow",

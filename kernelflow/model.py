@@ -446,6 +446,10 @@ class Workflow:
     # compensations), by ref; and their code fingerprints (part of the version).
     callables: Mapping[str, Callable[..., Any]] = field(default_factory=dict, compare=False, repr=False)
     aux_hashes: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    # When it runs by itself (YAML ``schedule:``; kernelflow.schedules.Schedule objects).
+    # Not part of the version, the JSON form or equality: when a workflow runs
+    # does not change what it does, and the scheduler reads schedules from the file.
+    schedules: tuple[Any, ...] = field(default=(), compare=False, repr=False)
     _index: dict[str, Task] = field(default_factory=dict, compare=False, repr=False)
     _order: tuple[str, ...] = field(default=(), compare=False, repr=False)
     _inputs: tuple[WorkflowInput, ...] = field(default=(), compare=False, repr=False)
@@ -468,16 +472,18 @@ class Workflow:
         origin: str = "cell",
         callables: Mapping[str, Callable[..., Any]] | None = None,
         aux_hashes: Mapping[str, str] | None = None,
+        schedules: Iterable[Any] = (),
     ) -> Workflow:
         """Validate and freeze a workflow; raises :class:`DefinitionError` subclasses.
 
         ``declared_inputs`` (YAML ``inputs:``), when given, are the only inputs
         templates may read; without them a template's ``{{inputs.x}}`` makes
         ``x`` a required input. ``origin`` names where lines are counted
-        (``"cell"`` or a file name) in error locations.
+        (``"cell"`` or a file name) in error locations. ``schedules`` are
+        validated :class:`kernelflow.schedules.Schedule` objects, kept as they are.
         """
         with gc_paused():
-            return cls._build(
+            wf = cls._build(
                 name,
                 tasks,
                 functions,
@@ -492,6 +498,10 @@ class Workflow:
                 dict(callables or {}),
                 dict(aux_hashes or {}),
             )
+        schedules = tuple(schedules)
+        if schedules:
+            object.__setattr__(wf, "schedules", schedules)
+        return wf
 
     @classmethod
     def _build(
@@ -694,6 +704,7 @@ class Workflow:
             origin=self.origin,
             callables=self.callables,
             aux_hashes=self.aux_hashes,
+            schedules=self.schedules,
         )
 
     def __repr__(self) -> str:

@@ -55,7 +55,7 @@ from .model import (
 )
 from .steps import ALIASES, KIND_KEYS, build_step
 
-__all__ = ["compile_yaml", "load", "looks_like_yaml"]
+__all__ = ["compile_yaml", "load", "looks_like_yaml", "read_schedules"]
 
 #: Collections may nest this deep in the text (PyYAML's composer recurses per level).
 MAX_NESTING = 64
@@ -77,6 +77,7 @@ TOP_KEYS = {
     "max_subworkflow_depth": "max_subworkflow_depth",
     "maxSubworkflowDepth": "max_subworkflow_depth",
     "alerts": "alerts",
+    "schedule": "schedule",
 }
 _LIMIT_DEFAULTS = {"max_foreach_depth": 3, "max_subworkflow_depth": 5}
 INPUT_KEYS = ("type", "default")
@@ -368,7 +369,7 @@ def _locator(step: _Step, where: _Where) -> Callable[[str | None], str | None]:
             for k in KIND_KEYS[key]:
                 if k in positions and "{{" in repr(step.raw.get(k)):
                     return positions[k]
-            return positions.get("argv" if key == "shell" else "url") or positions.get("run")
+            return positions.get({"shell": "argv", "http": "url"}.get(key, key)) or positions.get("run")
         return positions.get(key) or (positions.get("run") if key in ("python", "workflow") else None)
 
     def locate(key: str | None = None) -> str | None:
@@ -526,7 +527,7 @@ def _from_root(
                 f"unknown top-level key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""),
                 key_node,
                 "the top-level keys are: name, inputs, tasks (or steps), max_parallel, executor, "
-                "max_foreach_depth, max_subworkflow_depth",
+                "max_foreach_depth, max_subworkflow_depth, alerts, schedule",
             )
         if canonical in top:
             raise _Error(f"{key!r} repeats {canonical!r}, given already on line {where.line_of(top[canonical][0])}", key_node)
@@ -571,6 +572,12 @@ def _from_root(
             location=header,
             hint="write %%workflow my_flow (letters, digits, underscores)",
         )
+
+    # -- schedule: (kept on the workflow; not part of its version) ------------------------------
+    schedules: tuple[Any, ...] = ()
+    if "schedule" in top:
+        target = os.path.abspath(where.origin) if fallback_name is not None else None
+        schedules = _schedules(top["schedule"][1], build, where, name, target)
 
     # -- workflow options ------------------------------------------------------------------
     settings: dict[str, Any] = {}
@@ -659,6 +666,7 @@ def _from_root(
             origin=where.origin,
             source=text,
             source_hash=_source_hash(doc, text),
+            schedules=schedules,
         )
         check_calls = _check_calls_hook()
         if check_calls is not None:
@@ -684,6 +692,111 @@ def _from_root(
 
     catalog.remember(wf)  # resume, replay and sub-workflow calls find it by name
     return wf
+
+
+def _schedules(node: Node, build: _Builder, where: _Where, name: str, target: str | None) -> tuple[Any, ...]:
+    """``schedule:`` as validated :class:`~kernelflow.schedules.Schedule` objects.
+
+    A mapping (named after the workflow unless it says ``name:``) or a list
+    of mappings with distinct names. ``target`` is the file itself (None in a
+    cell: the notebook is only known when ``kf.schedule`` registers it).
+    """
+    from .schedules import parse_schedule
+
+    example = "schedule: {cron: '0 6 * * *', timezone: Europe/Paris}"
+    if isinstance(node, SequenceNode):
+        if not node.value:
+            raise _Error("schedule: is an empty list", node, example)
+        entries = list(node.value)
+    elif isinstance(node, MappingNode):
+        entries = [node]
+    else:
+        raise _Error(f"schedule must be a mapping (or a list of mappings), got {_describe(node)}", node, example)
+    out: list[Any] = []
+    seen: dict[str, Node] = {}
+    for entry in entries:
+        if not isinstance(entry, MappingNode):
+            raise _Error(f"each schedule must be a mapping, got {_describe(entry)}", entry, example)
+        spec: dict[str, Any] = {}
+        nodes: dict[str, Node] = {}
+        for key, _, value_node in build.items(entry):
+            spec[key] = build.value(value_node)
+            nodes[key] = value_node
+
+        def locate(key: str | None, nodes: dict[str, Node] = nodes, entry: Node = entry) -> str:
+            return where.node(nodes[key]) if key in nodes else where.node(entry)
+
+        if "target" in spec:
+            raise _Error(
+                "a schedule declared in a workflow runs this workflow: it takes no target:",
+                nodes["target"],
+                "remove target: (to schedule another file, declare the schedule there or use kf.schedule)",
+            )
+        schedule = parse_schedule(spec, name=name, target=target, locate=locate, check_target=target is not None,
+                                  origin=where.origin if target is not None else "cell")  # fmt: skip
+        if schedule.name in seen:
+            raise DefinitionError(
+                f"two schedules are named {schedule.name!r} ({where.origin} lines {where.line_of(seen[schedule.name])} "
+                f"and {where.line_of(entry)})",
+                location=where.node(entry),
+                hint="give each schedule its own name: (the first one defaults to the workflow's name)",
+            )
+        seen[schedule.name] = entry
+        out.append(schedule)
+    return tuple(out)
+
+
+def read_schedules(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    text: str | None = None,
+    origin: str | None = None,
+    first_line: int = 1,
+    name: str | None = None,
+    target: str | os.PathLike[str] | None = None,
+) -> list[Any]:
+    """The schedules a YAML workflow declares (``schedule:``), without compiling its tasks.
+
+    The scheduler reads files with this: no module is imported and ``python:``
+    refs need no namespace. Give ``path`` (the target is the file), or
+    ``text`` with its ``origin``, ``first_line`` and the ``target`` the
+    schedules run (a notebook whose cell holds the YAML) and ``name`` (the
+    cell's ``%%workflow NAME``). A document without ``schedule:`` gives ``[]``;
+    a bad one raises :class:`DefinitionError` with its line.
+    """
+    if text is None:
+        if path is None:
+            raise TypeError("read_schedules() needs a path or text=")
+        origin = origin or os.fsdecode(os.fspath(path))
+        try:
+            text = Path(path).read_bytes().decode("utf-8-sig")
+        except OSError as exc:
+            raise DefinitionError(f"cannot read workflow file {origin!r}: {exc.strerror or exc}", location=origin) from None
+        except UnicodeDecodeError:
+            raise DefinitionError("the file is not UTF-8 text", location=origin, hint="save the file as UTF-8") from None
+        target = path if target is None else target
+        name = name or Path(origin).stem
+    where = _Where(origin or "cell", first_line)
+    build = _Builder(where)
+    try:
+        root = _compose(text)
+        if not isinstance(root, MappingNode):
+            return []
+        top = {TOP_KEYS.get(k, k): v for k, _, v in build.items(root)}
+        if "schedule" not in top:
+            return []
+        doc_name = build.value(top["name"]) if "name" in top else None
+        label = doc_name if isinstance(doc_name, str) and doc_name else name
+        absolute = os.path.abspath(os.fspath(target)) if target is not None else None
+        return list(_schedules(top["schedule"], build, where, str(label or "workflow"), absolute))
+    except _Error as exc:
+        location = where.node(exc.node) if exc.node is not None else where.at(0)
+        raise DefinitionError(exc.message, location=location, hint=exc.hint) from None
+    except _TooDeep as exc:
+        raise DefinitionError(f"the YAML nests more than {MAX_NESTING} levels deep",
+                              location=where.at(exc.mark.line, exc.mark.column)) from None  # fmt: skip
+    except yaml.YAMLError as exc:
+        raise _yaml_error(exc, text, where) from None
 
 
 def _inputs(node: Node, build: _Builder) -> tuple[list[InputDecl], Any]:

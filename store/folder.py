@@ -22,6 +22,7 @@ from .leases import Lease, Leases
 from .layout import SCHEMA_VERSION, Layout, ensure_created, migrate, read_marker
 from .query import QueryEngine
 from .registry import WorkflowRegistry
+from .schedules import SchedulerFiles
 from .segments import SegmentWriter
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -92,6 +93,7 @@ class FolderStore:
         self._query = QueryEngine(self.layout)
         self._registry = WorkflowRegistry(self.layout)
         self._circuits: CircuitTable | None = None
+        self._schedules: SchedulerFiles | None = None
         self._leases = Leases(self.path / "leases", self._ensure_created)
         self._answers = Answers(self.path / "answers", self._ensure_created, fsync=self.fsync)
         _open_stores.add(self)
@@ -137,6 +139,15 @@ class FolderStore:
                 self.path / "circuits", before_write=self._ensure_created, fsync=self.fsync
             )
         return table
+
+    @property
+    def schedules(self) -> SchedulerFiles:
+        """Schedule registrations, trigger history and the scheduler's status
+        (``schedules/``, ``triggers/``, ``scheduler/``; see :mod:`kernelflow.store.schedules`)."""
+        files = self._schedules
+        if files is None:
+            files = self._schedules = SchedulerFiles(self.path, before_write=self._ensure_created, fsync=self.fsync)
+        return files
 
     def lease(self, run_id: str) -> Lease | None:
         """The exclusive right to append to ``run_id`` (to drive it), or None
@@ -242,6 +253,8 @@ class FolderStore:
         """Close this process's segment and compact it, stop background work,
         close query connections. The store can still be used afterwards (a
         new segment is opened on the next append)."""
+        if self._schedules is not None:
+            self._schedules.close()
         closed = self._writer.close()
         if closed is not None:
             self._own_closed.append(closed)

@@ -11,6 +11,9 @@ A store is a plain folder::
       quarantine/<name>           damaged files put aside, each with a <name>.txt note
       workflows/<name>/<version>.json
       artifacts/<run_id>/<task_id>.<attempt>.<ext>
+      schedules/<name>.json       schedule registrations (store/schedules.py)
+      triggers/<stem>.jsonl       trigger history, one file per scheduler session
+      scheduler/                  the running scheduler's status.json and manual requests/
 
 Nothing here is created until the first write (:func:`ensure_created`), so a
 store opened on a mistyped path, or by a command that fails validation, leaves
@@ -114,6 +117,10 @@ class Layout:
     @property
     def artifacts(self) -> Path:
         return self.root / "artifacts"
+
+    @property
+    def triggers(self) -> Path:
+        return self.root / "triggers"
 
 
 # --- small file-system helpers ---------------------------------------------------

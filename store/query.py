@@ -53,7 +53,14 @@ from kernelflow.exceptions import StoreError
 
 from . import statuses
 from .eventfiles import replaced_stems
-from .formats import RAW_COLUMNS, empty_raw_sql, parquet_raw_sql, path_list, segments_raw_sql
+from .formats import (
+    RAW_COLUMNS,
+    empty_raw_sql,
+    parquet_raw_sql,
+    path_list,
+    quote,
+    segments_raw_sql,
+)
 from .layout import Layout
 from .problems import (
     NOTE_SUFFIX,
@@ -65,11 +72,22 @@ from .problems import (
     quarantine_folder,
     quarantined,
 )
+from .schedules import FINAL_OUTCOMES, TRIGGER_COLUMNS
 
 if TYPE_CHECKING:  # pragma: no cover
     import polars as pl
 
-PUBLIC_VIEWS = ("events", "runs", "task_attempts", "workflows", "dead_letters", "approvals", "task_baselines", "alerts")
+PUBLIC_VIEWS = (
+    "events",
+    "runs",
+    "task_attempts",
+    "workflows",
+    "dead_letters",
+    "approvals",
+    "task_baselines",
+    "alerts",
+    "triggers",
+)
 PUBLIC_MACROS = ("state_at(run_id, point)", "runs_active_at(ts)")
 """The table macros of ``views.sql`` users call, as they call them."""
 _RAW = ", ".join(RAW_COLUMNS)
@@ -91,6 +109,7 @@ class _Connection:
     """segment path -> (inode, bytes already in _segment_rows)"""
     parquet_key: tuple[str, ...] | None = None
     workflows_key: tuple[str, ...] | None = None
+    triggers_key: tuple[str, ...] | None = None
     closed: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -105,6 +124,46 @@ class _Listing:
     """(path, size, inode) of each segment to read"""
     parquet: tuple[str, ...]
     workflows: tuple[str, ...]
+    triggers: tuple[str, ...] = ()
+
+
+def _trigger_log_sql(paths: Sequence[Path]) -> str:
+    """The scheduler's trigger records (``store/schedules.py``), typed; empty without files.
+
+    Read from the files at each query (they only grow), so a record appended
+    by a running scheduler is seen by the next query; a torn last line reads
+    as an all-NULL row and is dropped.
+    """
+    if not paths:
+        cols = ", ".join(f"NULL::{t} AS {c}" for c, t in TRIGGER_COLUMNS.items())
+        return f"SELECT {cols} WHERE false"
+    columns = "{" + ", ".join(f"{quote(c)}: {quote(t)}" for c, t in TRIGGER_COLUMNS.items()) + "}"
+    return (
+        f"SELECT * FROM read_json({path_list(paths)}, format = 'newline_delimited', columns = {columns}, "
+        "ignore_errors = true) WHERE trigger_id IS NOT NULL AND outcome IS NOT NULL"
+    )
+
+
+def _ts(column: str) -> str:
+    return f"TRY_CAST(replace({column}, 'Z', '') AS TIMESTAMP)"
+
+
+_FINAL = ", ".join(quote(o) for o in sorted(FINAL_OUTCOMES))
+TRIGGERS_VIEW_SQL = f"""
+CREATE OR REPLACE TEMP VIEW triggers AS
+SELECT trigger_id, schedule, kind, {_ts("scheduled_for")} AS scheduled_for, {_ts("fired_at")} AS fired_at,
+       outcome, run_id, run_ids, pid, exit_code, detail, {_ts("_started")} AS started_at,
+       CASE WHEN outcome IN ({_FINAL}) THEN {_ts('"at"')} END AS ended_at, {_ts('"at"')} AS updated_at,
+       scheduler_pid, host
+FROM (
+    SELECT *,
+           row_number() OVER (PARTITION BY trigger_id ORDER BY "at" DESC, n DESC) AS _latest,
+           min("at") FILTER (WHERE outcome = 'started') OVER (PARTITION BY trigger_id) AS _started
+    FROM _trigger_log
+)
+WHERE _latest = 1
+"""
+"""One row per trigger, as its latest record says (the log keeps every change)."""
 
 
 class QueryEngine:
@@ -318,15 +377,17 @@ class QueryEngine:
         con.execute(f"CREATE OR REPLACE TEMP VIEW _events_raw AS SELECT {_RAW} FROM _segment_rows")
         con.execute("CREATE OR REPLACE TEMP TABLE _workflow_defs AS SELECT NULL::JSON AS definition WHERE false")
         con.execute(load_views_sql())
+        con.execute(f"CREATE OR REPLACE TEMP VIEW _trigger_log AS {_trigger_log_sql([])}")
+        con.execute(TRIGGERS_VIEW_SQL)
         conn.segments = {}
-        conn.parquet_key = conn.workflows_key = None
+        conn.parquet_key = conn.workflows_key = conn.triggers_key = None
 
     def _repair_views(self, conn: _Connection) -> bool:
         """If a user query dropped or replaced one of our relations, put them back.
 
         Returns True if something was repaired (the query is then worth a retry).
         """
-        wanted = {"_events_raw", *PUBLIC_VIEWS}
+        wanted = {"_events_raw", "_trigger_log", *PUBLIC_VIEWS}
         macros = {m.split("(")[0] for m in PUBLIC_MACROS}
         try:
             present = {r[0] for r in conn.con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
@@ -376,7 +437,8 @@ class QueryEngine:
                         workflows.extend(_names(Path(entry.path), ".json"))
         except FileNotFoundError:
             pass
-        return _Listing(tuple(sorted(segments)), tuple(sorted(parquet)), tuple(sorted(workflows)))
+        triggers = _names(self.layout.triggers, ".jsonl")
+        return _Listing(tuple(sorted(segments)), tuple(sorted(parquet)), tuple(sorted(workflows)), tuple(sorted(triggers)))
 
     def _refresh(self, conn: _Connection) -> None:
         last_exc: BaseException | None = None
@@ -459,6 +521,9 @@ class QueryEngine:
             else:
                 con.execute("CREATE OR REPLACE TEMP TABLE _workflow_defs AS SELECT NULL::JSON AS definition WHERE false")
             conn.workflows_key = listing.workflows
+        if listing.triggers != conn.triggers_key:
+            con.execute(f"CREATE OR REPLACE TEMP VIEW _trigger_log AS {_trigger_log_sql([Path(p) for p in listing.triggers])}")
+            conn.triggers_key = listing.triggers
 
     @staticmethod
     def _ingest(con: duckdb.DuckDBPyConnection, segment: str, lines: memoryview) -> int:
