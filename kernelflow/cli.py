@@ -1,8 +1,20 @@
-"""The ``kernelflow`` command.
+"""The ``kernelflow`` command (docs/cli.md describes every command).
 
-Exit codes: 0 success; 1 a run or notebook failed, or kernelflow refused
-(the message says why); 2 bad command-line usage; 3 a run is suspended at an
-approval gate or breakpoint (the message says how to answer and resume).
+Commands: ``run``, ``validate``, ``resume``, ``approve``/``reject``,
+``history``, ``show``, ``logs``, ``stats``, ``sql``, ``dlq``, ``gc``,
+``metrics``. Read commands take ``--json`` for scripts (shapes in
+docs/cli.md); errors stay one line of text on stderr either way.
+
+Exit codes:
+
+* 0: success (a read command found what it was asked for, a run succeeded);
+* 1: a run or notebook failed, a file does not validate, or kernelflow refused
+  (an unknown run, a store that is not a store; the one-line message says why);
+* 2: bad command-line usage (argparse's own errors, a bad ``--since`` or
+  ``--older-than``, a file that is not there);
+* 3: a run is suspended at an approval gate or breakpoint (the message says
+  how to answer and resume);
+* 130: interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -11,13 +23,17 @@ import argparse
 import os
 import secrets
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .exceptions import KernelflowError
 from .literals import parse_literal
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SUSPENDED = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SUSPENDED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+FOLLOW_INTERVAL_S = 0.5
+"""How often ``kernelflow logs --follow`` reads the store for new events."""
 
 
 def _table(df: Any) -> str:
@@ -33,6 +49,52 @@ def _store(args: argparse.Namespace) -> Any:
     return open_store(args.store) if args.store else open_store()
 
 
+def _print_json(value: Any) -> None:
+    """JSON on stdout: keys as documented in docs/cli.md; datetimes as ISO 8601 text."""
+    import json
+
+    print(json.dumps(value, indent=2, default=str, ensure_ascii=False))
+
+
+def _progress(args: argparse.Namespace) -> str | None:
+    from .cli_progress import progress_mode
+
+    return progress_mode(disabled=bool(getattr(args, "no_progress", False) or getattr(args, "json", False)))
+
+
+def _unknown_run(store: Any, run_id: str) -> str:
+    """The one-line error for a run id the store does not have, with the closest ids it has."""
+    import difflib
+
+    known = store.sql("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 10000")["run_id"].to_list()
+    close = difflib.get_close_matches(run_id, known, n=3, cutoff=0.5)
+    close += [r for r in known if run_id[-4:] in r and r not in close][: 3 - len(close)] if len(run_id) >= 4 else []
+    hint = f"; similar ids: {', '.join(close)}" if close else ("; it holds no runs" if not known else "")
+    return f"error: no run {run_id!r} in the store at {store.location}{hint} (kernelflow history lists runs)"
+
+
+def _since(args: argparse.Namespace) -> Any:
+    from .run_stats import parse_since
+
+    return parse_since(args.since) if getattr(args, "since", None) else None
+
+
+def _run_dict(run: Any) -> dict[str, Any]:
+    """``kernelflow run --json`` / ``resume --json`` for a run driven here."""
+    state = run.state
+    return {
+        "run_id": run.run_id,
+        "workflow": run.workflow.name,
+        "workflow_version": run.workflow.version,
+        "status": run.status,
+        "duration_s": run.duration,
+        "tasks": {k: v for k, v in state.counts().items() if v},
+        "failed": [{"task": tid, "error_type": (state.tasks[tid].error or {}).get("exc_type"),
+                    "message": (state.tasks[tid].error or {}).get("message")} for tid in state.failed_tasks],
+        "waiting": [{"task": t, "kind": g.get("kind")} for t, g in run.waiting.items()],
+    }  # fmt: skip
+
+
 # --- run ------------------------------------------------------------------------
 
 
@@ -46,11 +108,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not target.is_file():
         print(f"error: notebook {target} not found", file=sys.stderr)
         return EXIT_USAGE
-    parameters = {key: parse_literal(value) for key, value in args.parameter}
+    from .exceptions import InputError
+    from .notebook_exec import check_parameters
+
     notebook = target.resolve()
+    try:
+        parameters = check_parameters(
+            notebook, {key: parse_literal(value) for key, value in args.parameter}, raw=dict(args.parameter),
+            what=f"notebook {target}",
+        )  # fmt: skip
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     output = Path(args.output) if args.output else Path("out") / f"{target.stem}.ipynb"
     batch_id = "b-" + secrets.token_hex(5)
-    store_dir, output, failed = _execute_notebook(notebook, output, parameters, batch_id, {}, progress=not args.no_progress)
+    store_dir, output, failed = _execute_notebook(notebook, output, parameters, batch_id, {},
+                                                  progress=not (args.no_progress or args.json))  # fmt: skip
     from .store_access import open_store
 
     store = open_store(store_dir)
@@ -61,9 +134,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         "WHERE e.payload->>'batch_id' = ? ORDER BY r.started_at",
         [batch_id],
     )
-    print(f"runs recorded by this notebook ({len(runs)}, store {store_dir}):")
-    print(_table(runs) if len(runs) else "  (none)")
-    print(f"executed notebook: {output}")
+    if args.json:
+        _print_json({"notebook": str(notebook), "output": str(output), "store": store_dir, "batch_id": batch_id,
+                     "failed_at": failed, "runs": runs.to_dicts()})  # fmt: skip
+    else:
+        print(f"runs recorded by this notebook ({len(runs)}, store {store_dir}):")
+        print(_table(runs) if len(runs) else "  (none)")
+        print(f"executed notebook: {output}")
     if failed and "RunSuspended" in failed:
         print(f"the notebook stopped at a suspended run:\n{failed.split('RunSuspended: ', 1)[-1]}", file=sys.stderr)
         return EXIT_SUSPENDED
@@ -82,39 +159,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _execute_notebook(notebook: Path, output: Path, parameters: dict[str, Any], batch_id: str,
                       extra_env: dict[str, str], *, progress: bool) -> tuple[str, Path, str | None]:  # fmt: skip
     """Run ``notebook`` with papermill; returns (store folder, output path, failure or None)."""
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
+    from .notebook_exec import execute
+    from .run_origin import BATCH_ENV
 
-    output.parent.mkdir(parents=True, exist_ok=True)
     output = output.resolve()
     # The kernel runs beside the notebook, so its default store is the
     # notebook's .kernelflow/; pin it so this process reads the same one.
     store_dir = os.environ.get("KERNELFLOW_HOME") or str(notebook.parent / ".kernelflow")
-    env = {
-        "KERNELFLOW_HOME": store_dir,
-        "KERNELFLOW_BATCH_ID": batch_id,
-        "KERNELFLOW_VIA": "papermill",
-        "KERNELFLOW_NOTEBOOK": str(notebook),
-        **extra_env,
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the kernel inherits the environment of this process
+    env = {"KERNELFLOW_HOME": store_dir, BATCH_ENV: batch_id, "KERNELFLOW_VIA": "papermill", **extra_env}
     print(f"running {notebook.name} with papermill (parameters: {parameters or 'none'})", file=sys.stderr)
-    failed: str | None = None
-    try:
-        papermill.execute_notebook(
-            str(notebook), str(output), parameters=parameters, cwd=str(notebook.parent),
-            progress_bar=progress, log_output=False,
-        )  # fmt: skip
-    except PapermillExecutionError as exc:
-        failed = f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    return store_dir, output, failed
+    result = execute(notebook, output, parameters, env=env, progress=progress)
+    return store_dir, output, result.failure
 
 
 # --- durable: resume / approve / reject -----------------------------------------
@@ -139,8 +194,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
         sys.path.insert(0, str(Path(source).resolve().parent))
         workflow = load(Path(source), {})
-    run = resume(args.run_id, workflow=workflow, raise_on_failure=False)
-    print(run.summary())
+    from .cli_progress import watch_runs
+
+    with watch_runs(_progress(args)):
+        run = resume(args.run_id, workflow=workflow, raise_on_failure=False)
+    if getattr(args, "json", False):
+        _print_json(_run_dict(run))
+    else:
+        print(run.summary())
     return _exit_for(run.status)
 
 
@@ -158,15 +219,21 @@ def _resume_notebook(args: argparse.Namespace, notebook: Path, started: Any, sta
         return EXIT_USAGE
     output = Path(args.output) if args.output else Path("out") / f"{notebook.stem}.resumed.ipynb"
     new_batch = "b-" + secrets.token_hex(5)
+    # The notebook runs again with the parameters of its first execution (recorded in RunStarted).
+    parameters = dict(started.get("parameters") or {})
     store_dir, output, failed = _execute_notebook(
-        notebook.resolve(), output, {}, new_batch, {"KERNELFLOW_RESUME_BATCH": batch}, progress=not args.no_progress
+        notebook.resolve(), output, parameters, new_batch, {"KERNELFLOW_RESUME_BATCH": batch},
+        progress=not (args.no_progress or getattr(args, "json", False)),
     )
     from .reducer import fold
     from .store_access import open_store
 
     events = open_store(store_dir).read_run(args.run_id)
     status = fold(events).status
-    print(f"run {args.run_id}: {status} (notebook re-executed in resume mode: {output})")
+    if getattr(args, "json", False):
+        _print_json({"run_id": args.run_id, "status": status, "notebook": str(notebook), "output": str(output)})
+    else:
+        print(f"run {args.run_id}: {status} (notebook re-executed in resume mode: {output})")
     if failed and status not in ("succeeded", "waiting"):
         print(f"notebook failed at {failed}", file=sys.stderr)
     return _exit_for(status)
@@ -191,33 +258,41 @@ def cmd_answer(args: argparse.Namespace) -> int:
     print(f"step {args.step} of run {args.run_id}: {answer.decision} by {who}")
     if args.resume:
         args.notebook = args.file = args.output = None
-        args.no_progress = True
+        args.no_progress, args.json = True, False
         return cmd_resume(args)
     print(f"continue the run with: kernelflow resume {args.run_id}")
     return EXIT_OK
 
 
-# --- history / show / sql ---------------------------------------------------------
+# --- history / show / logs / stats / sql -------------------------------------------------
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    where, params = [], []
-    if args.workflow:
-        where.append("workflow = ?")
-        params.append(args.workflow)
-    if args.status:
-        where.append("status = ?")
-        params.append(args.status)
-    clause = f"WHERE {' AND '.join(where)} " if where else ""
-    df = _store(args).sql(
-        "SELECT run_id, workflow, status, started_at, round(duration_s, 3) AS duration_s, tasks_total AS tasks, "
-        f"tasks_succeeded AS ok, tasks_failed AS failed, tasks_skipped AS skipped FROM runs {clause}"
-        "ORDER BY started_at DESC LIMIT ?",
-        params + [args.limit],
-    )
-    if not len(df):
-        print("no runs recorded yet" + (" matching the filters" if where else ""))
+    from .exceptions import InputError
+    from .run_stats import history, since_label
+
+    try:
+        since = _since(args)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    rows = history(_store(args), workflow=args.workflow, status=args.status, since=since, limit=args.limit)
+    if args.json:
+        _print_json({"runs": rows})
         return EXIT_OK
+    if not rows:
+        filtered = args.workflow or args.status or since is not None
+        print("no runs recorded yet" + (" matching the filters" if filtered else ""))
+        return EXIT_OK
+    import polars as pl
+
+    df = pl.DataFrame(rows).select(
+        "run_id", "workflow", "status", "started_at", pl.col("duration_s").round(3), "tasks",
+        pl.col("succeeded").alias("ok"), "failed", "skipped",
+    )  # fmt: skip
+    df = df.with_columns(pl.col("started_at").str.slice(0, 23).str.replace("T", " "))
+    if since is not None:
+        print(f"runs{since_label(since)}, newest first:")
     print(_table(df))
     return EXIT_OK
 
@@ -230,13 +305,17 @@ def cmd_show(args: argparse.Namespace) -> int:
     store = _store(args)
     events = store.read_run(args.run_id)
     if not events:
-        close = store.sql(
-            "SELECT run_id FROM runs WHERE run_id LIKE ? ORDER BY started_at DESC LIMIT 5", [f"%{args.run_id[-4:]}%"]
-        )
-        hint = f"; similar ids: {', '.join(close['run_id'])}" if len(close) else ""
-        print(f"error: no run {args.run_id!r} in the store at {store.location}{hint}", file=sys.stderr)
+        print(_unknown_run(store, args.run_id), file=sys.stderr)
         return EXIT_FAILED
     state = fold(events)
+    attempts = store.sql(
+        "SELECT task_id AS task, attempt, status, round(duration_ms, 2) AS duration_ms, error_type, error_message "
+        "FROM task_attempts WHERE run_id = ? ORDER BY started_at, task_id, attempt",
+        [args.run_id],
+    )
+    if args.json:
+        _print_json(_show_dict(store, state, attempts))
+        return EXIT_OK
     definition = store.sql(
         "SELECT definition FROM workflows WHERE name = ? AND version = ?", [state.workflow, state.workflow_version]
     )
@@ -248,11 +327,6 @@ def cmd_show(args: argparse.Namespace) -> int:
 
         wf = Workflow.from_dict(orjson.loads(definition["definition"][0]))
         print(render_text(wf, state).split("\n", 1)[1])
-    attempts = store.sql(
-        "SELECT task_id AS task, attempt, status, round(duration_ms, 2) AS duration_ms, error_type, error_message "
-        "FROM task_attempts WHERE run_id = ? ORDER BY started_at, task_id, attempt",
-        [args.run_id],
-    )
     print(_table(attempts))
     for tid in state.failed_tasks:
         error = state.tasks[tid].error or {}
@@ -260,12 +334,134 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _show_dict(store: Any, state: Any, attempts: Any) -> dict[str, Any]:
+    """``kernelflow show --json``: the run, each task as the fold has it, and every attempt."""
+    from .run_stats import iso_utc
+
+    row = store.sql(
+        "SELECT started_at, ended_at, duration_s, notebook FROM runs WHERE run_id = ?", [state.run_id]
+    ).to_dicts()
+    run = row[0] if row else {}
+
+    def us(value: int | None) -> str | None:
+        from datetime import datetime, timezone
+
+        return None if value is None else datetime.fromtimestamp(value / 1e6, timezone.utc).isoformat()
+
+    return {
+        "run": {
+            "run_id": state.run_id,
+            "workflow": state.workflow,
+            "workflow_version": state.workflow_version,
+            "status": state.status,
+            "inputs": state.inputs,
+            "started_at": iso_utc(run.get("started_at")),
+            "ended_at": iso_utc(run.get("ended_at")),
+            "duration_s": run.get("duration_s"),
+            "notebook": run.get("notebook"),
+            "waiting": [{"task": t, "kind": g.get("kind")} for t, g in state.waiting.items()],
+        },
+        "tasks": [
+            {"task": tid, "status": t.status, "attempt": t.attempt, "started_at": us(t.started_at),
+             "ended_at": us(t.ended_at), "error": t.error, "reason": t.reason}
+            for tid, t in state.tasks.items()
+        ],
+        "attempts": attempts.to_dicts(),
+    }  # fmt: skip
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    import difflib
+    import json
+    import time
+
+    from .reducer import fold
+    from .run_logs import entries, format_entry, task_ids
+
+    store = _store(args)
+    events = store.read_run(args.run_id)
+    if not events:
+        print(_unknown_run(store, args.run_id), file=sys.stderr)
+        return EXIT_FAILED
+    if args.task is not None:
+        known = task_ids(events)
+        if args.task not in known:
+            close = difflib.get_close_matches(args.task, known, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            print(f"error: run {args.run_id} has no task {args.task!r}{hint} (its tasks: {', '.join(known) or 'none'})",
+                  file=sys.stderr)  # fmt: skip
+            return EXIT_FAILED
+
+    def emit(batch: list[Any]) -> None:
+        for entry in entries(batch, args.task):
+            print(json.dumps(entry, ensure_ascii=False) if args.json else format_entry(entry), flush=True)
+
+    emit(events)
+    if not args.follow:
+        return EXIT_OK
+    seen = events[-1].seq
+    status = fold(events).status
+    # Poll the store: the run may be driven by any process sharing it. A run
+    # that is running with nobody holding its lease has lost its driver.
+    while status not in ("succeeded", "failed", "waiting"):
+        time.sleep(args.interval)
+        fresh = [e for e in store.read_run(args.run_id) if e.seq > seen]
+        if fresh:
+            emit(fresh)
+            seen = fresh[-1].seq
+            events.extend(fresh)
+            status = fold(events).status
+            continue
+        holder = getattr(store, "lease_holder", None)
+        if holder is not None and holder(args.run_id) is None:
+            late = [e for e in store.read_run(args.run_id) if e.seq > seen]
+            if not late:  # ended between our two reads? no: nobody drives it any more
+                print(f"error: run {args.run_id} is {status} but no process drives it (its driver stopped); "
+                      f"continue it with: kernelflow resume {args.run_id}", file=sys.stderr)  # fmt: skip
+                return EXIT_FAILED
+    return _exit_for(status)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from .exceptions import InputError
+    from .run_stats import since_label, workflow_stats
+
+    try:
+        since = _since(args)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    stats = workflow_stats(_store(args), workflow=args.workflow, since=since)
+    if args.json:
+        _print_json({"since": since.isoformat() + "+00:00" if since else None, "workflows": stats})
+        return EXIT_OK
+    if not stats:
+        print("no runs recorded yet" + (" matching the filters" if args.workflow or since else ""))
+        return EXIT_OK
+
+    def secs(value: float | None) -> str:
+        from .durations import readable_duration
+
+        return "-" if value is None else readable_duration(value)
+
+    for w in stats:
+        rate = "-" if w["success_rate"] is None else f"{w['success_rate']:.1%}"
+        d = w["duration_s"]
+        print(f"{w['workflow']}{since_label(since)}: {w['runs']} runs, {w['succeeded']} succeeded, {w['failed']} failed"
+              f"{', ' + str(w['active']) + ' under way' if w['active'] else ''}; success rate {rate}; "
+              f"duration p50 {secs(d['p50'])}, p95 {secs(d['p95'])}, max {secs(d['max'])}")  # fmt: skip
+        for t in w["tasks"]:
+            print(f"  {t['task']:<24} {t['attempts']:>6} attempts {t['failures']:>5} failed   "
+                  f"p50 {secs(t['duration_s']['p50']):>9}   p95 {secs(t['duration_s']['p95']):>9}")  # fmt: skip
+    return EXIT_OK
+
+
 def cmd_sql(args: argparse.Namespace) -> int:
     df = _store(args).sql(args.query)
-    if args.format == "csv":
-        print(df.write_csv(), end="")
-    elif args.format == "json":
+    if args.json or args.format == "json":
         print(df.write_json())
+    elif args.format == "csv":
+        print(df.write_csv(), end="")
     else:
         print(_table(df))
     return EXIT_OK
@@ -285,12 +481,30 @@ def _run_yaml(args: argparse.Namespace, target: Path) -> int:
     sys.path.insert(0, str(target.resolve().parent))  # modules beside the file are importable
     wf = load(target, {})
     inputs = {key: parse_literal(value) for key, value in args.parameter}
-    run = wf.run(**inputs, raise_on_failure=False)
-    print(run.summary())
+    from .cli_progress import watch_runs
+
+    with watch_runs(_progress(args)):
+        run = wf.run(**inputs, raise_on_failure=False)
+    if args.json:
+        _print_json(_run_dict(run))
+    else:
+        print(run.summary())
     return _exit_for(run.status)
 
 
 # --- dead letters --------------------------------------------------------------
+
+
+def _json_value(text: Any) -> Any:
+    """A JSON column (DuckDB gives it as text) as the value it holds."""
+    import json
+
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
@@ -301,7 +515,15 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         use_store(args.store)
     if args.action == "list":
         df = dlq(args.workflow)
-        if df.height == 0:
+        if args.json:
+            from .run_stats import iso_utc
+
+            rows = df.select("run_id", "workflow", "workflow_version", "failed_at", "error", "inputs", "tasks_failed").to_dicts()
+            for row in rows:
+                row["failed_at"] = iso_utc(row["failed_at"])
+                row["inputs"] = _json_value(row["inputs"])
+            _print_json({"dead_letters": rows})
+        elif df.height == 0:
             print("the dead letter queue is empty")
         else:
             print(_table(df.select("run_id", "workflow", "failed_at", "error", "inputs")))
@@ -339,7 +561,11 @@ def cmd_gc(args: argparse.Namespace) -> int:
     if not isinstance(store, FolderStore):
         print(f"error: gc works on kernelflow's folder store, not on {type(store).__name__}", file=sys.stderr)
         return EXIT_FAILED
-    report = collect(store, age, dry_run=not args.yes)
+    from .cli_progress import spinner
+
+    what = "removing" if args.yes else "looking for"
+    with spinner(f"{what} runs that ended more than {args.older_than} ago", _progress(args)):
+        report = collect(store, age, dry_run=not args.yes)
     if args.json:
         import json
 
@@ -349,8 +575,46 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- validate / metrics ---------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .workflow_validation import check_paths
+
+    report = check_paths(args.paths)
+    if args.json:
+        _print_json(report.as_dict())
+        return EXIT_OK if report.ok else EXIT_FAILED
+    for c in report.checked:
+        where = f"{c.path} cell {c.cell}" if c.cell is not None else c.path
+        note = " (Python cell: syntax and structure checked, not run)" if c.body == "python" else ""
+        print(f"ok: {c.name}: {c.tasks} task{'s' if c.tasks != 1 else ''} ({where}){note}")
+    for p in report.problems:
+        print(f"error: {p.location}: {p.message}" + (f" (fix: {p.hint})" if p.hint else ""), file=sys.stderr)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from .metrics import render, summary
+
+    store = _store(args)
+    if args.json:
+        _print_json(summary(store))
+    else:
+        print(render(store), end="")
+    return EXIT_OK
+
+
+JSON_HELP = "print JSON for scripts (shape in docs/cli.md)"
+SINCE_HELP = "only runs started since AGE ago (2h, 3d, 90m, 2w, 45s) or since an ISO date/time (UTC)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kernelflow", description="Workflows that live in the notebook.")
+    parser = argparse.ArgumentParser(
+        prog="kernelflow",
+        description="Workflows that live in the notebook.",
+        epilog="exit codes: 0 ok, 1 failed or refused, 2 usage, 3 suspended, 130 interrupted (docs/cli.md)",
+    )
     parser.add_argument("--store", help="store folder (default: $KERNELFLOW_HOME or ./.kernelflow)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -360,17 +624,42 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a papermill parameter (repeatable); VALUE is a Python literal or a string")
     p.add_argument("-o", "--output", help="where to write the executed notebook (default out/NAME.ipynb)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check workflow files and notebooks' %%%%workflow cells without running anything")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="workflow files (.yaml, .yml) and notebooks (.ipynb)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("history", help="recent runs, newest first")
     p.add_argument("--workflow", help="only this workflow")
     p.add_argument("--status", choices=["running", "waiting", "succeeded", "failed"], help="only runs in this status")
+    p.add_argument("--since", metavar="AGE|DATE", help=SINCE_HELP)
     p.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_history)
 
     p = sub.add_parser("show", help="one run: its DAG with statuses, attempts and errors")
     p.add_argument("run_id")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("logs", help="what a run's tasks printed and logged, and their errors, in time order")
+    p.add_argument("run_id")
+    p.add_argument("task", nargs="?", help="only this task")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="keep printing until the run ends (exit code by its final status)")
+    p.add_argument("--interval", type=float, default=FOLLOW_INTERVAL_S, metavar="SECONDS",
+                   help=f"--follow: how often to read the store (default {FOLLOW_INTERVAL_S})")
+    p.add_argument("--json", action="store_true", help="one JSON object per entry and line (shape in docs/cli.md)")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("stats", help="per workflow: runs, success rate, run and task durations")
+    p.add_argument("--workflow", help="only this workflow")
+    p.add_argument("--since", metavar="AGE|DATE", help=SINCE_HELP)
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("dlq", help="the dead letter queue: runs that failed for good")
     p.add_argument("action", choices=["list", "retry", "discard"])
@@ -380,6 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retry: an input to change (repeatable)")
     p.add_argument("--file", help="retry: the YAML file defining the workflow")
     p.add_argument("--reason", help="discard: why (recorded)")
+    p.add_argument("--json", action="store_true", help="list: " + JSON_HELP)
     p.set_defaults(func=cmd_dlq)
 
     p = sub.add_parser("resume", help="continue a failed, interrupted or suspended run without re-running completed tasks")
@@ -388,6 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notebook", help="re-execute this notebook in resume mode (default: the notebook the run came from)")
     p.add_argument("-o", "--output", help="notebook resume: where to write the executed notebook")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_resume)
 
     for name, what in (("approve", "grant"), ("reject", "reject")):
@@ -409,24 +700,51 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs that ended more than AGE ago: 30d, 12h, 90m, 2w")
     p.add_argument("--yes", action="store_true", help="delete them (without it: only say what would go)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no spinner")
     p.add_argument("--store", default=argparse.SUPPRESS, help="store folder (as the global --store)")
     p.set_defaults(func=cmd_gc)
 
-    p = sub.add_parser("sql", help="query the store with SQL (views: events, runs, task_attempts, workflows)")
+    p = sub.add_parser("sql", help="query the store with SQL (views: events, runs, task_attempts, workflows, ...)")
     p.add_argument("query")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--json", action="store_true", help="the same as --format json (rows as a JSON array)")
     p.set_defaults(func=cmd_sql)
+
+    p = sub.add_parser("metrics", help="the store's metrics in Prometheus text format (docs/metrics.md)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p.set_defaults(func=cmd_metrics)
+
+    from .scheduler_cli import add_parser as add_scheduler_parser
+
+    add_scheduler_parser(sub)  # `kernelflow scheduler ...`: same exit codes and --json conventions
     return parser
 
 
+def _one_line(exc: KernelflowError) -> str:
+    """An error as one line: the message, where, and the fix when the error has one."""
+    from .exceptions import DefinitionError
+
+    if isinstance(exc, DefinitionError):
+        text = f"{exc.location}: {exc.message}" if exc.location else exc.message
+        return text + (f" (fix: {exc.hint})" if exc.hint else "")
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # usage errors: argparse prints them and exits 2
     os.environ.setdefault("KERNELFLOW_VIA", "cli")
     try:
         return args.func(args)
     except KernelflowError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `kernelflow logs RUN | head`: the reader left; nothing more to say.
+        sys.stderr.close()
+        return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover
