@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import difflib
 import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -145,7 +146,7 @@ def _fit(param: NotebookParameter, value: Any, raw: str | None, where: str) -> A
     at = f" (parameters cell line {param.line}: {param.text})" if param.line else ""
     raise _input_error(
         f"{where}: parameter {param.name!r} expects {param.type_name}{at}, got {type(value).__name__} {value!r}",
-        f"give a {param.type_name}, like its default {param.default}",
+        f"give {'an' if param.type_name == 'int' else 'a'} {param.type_name}, like its default {param.default}",
     )
 
 
@@ -209,6 +210,10 @@ def _manager_with(extra: Mapping[str, str], on_kernel: Callable[[Any], None] | N
         async def _async_pre_start_kernel(self, **kw: Any) -> Any:
             env = dict(kw.pop("env", None) or os.environ)
             env.update(extra)
+            # The kernel process's own stderr carries only jupyter_client's start-up
+            # noise ("running over TCP without encryption"), which would land in
+            # the caller's notebook; what cells print reaches the output notebook.
+            kw.setdefault("stderr", subprocess.DEVNULL)
             return await super()._async_pre_start_kernel(env=env, **kw)
 
         async def _async_post_start_kernel(self, **kw: Any) -> None:

@@ -273,3 +273,41 @@ def test_the_anomalies_notebook_catches_the_slowdown_inline(tmp_path, kernel_env
     row = store.sql("SELECT task_id, rule, notified FROM alerts").row(0)
     assert row == ("load", "duration", 1)
     assert "alerts.duration.window must be a whole number of at least 1, got -1" in _text(nb.cells[-2])
+
+
+BATCH = ROOT / "notebooks" / "06-batch-and-schedules.ipynb"
+
+
+def test_the_batch_notebook_is_saved_clean():
+    nb = nbformat.read(BATCH, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.outputs == [] and c.execution_count is None for c in code)
+    assert BATCH.stat().st_size < 30_000
+    sources = "\n".join(c.source for c in code)
+    for needle in ('"run", "daily.ipynb", "-p"', "kf.notebook(", "kf.record(", "kf.schedule(", "kf.schedules()",
+                   '"scheduler", "start"', "signal.SIGTERM", "FROM triggers", "--webhooks", "sign(", '"metrics"'):  # fmt: skip
+        assert needle in sources, needle
+
+
+@pytest.mark.slow
+def test_the_batch_notebook_runs_a_batch_a_notebook_step_schedules_and_a_webhook(tmp_path, kernel_env):
+    copy = tmp_path / BATCH.name
+    shutil.copy(BATCH, copy)
+    nb = nbformat.read(copy, as_version=4)
+    NotebookClient(nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert errors == []
+    assert "parameter 'limit' expects int" in _text(_cell(nb, 'cli("run", "daily.ipynb", "-p", "limit", "lots"'))
+    assert _text(_cell(nb, 'run = monthly.run(')).strip().endswith("'610 sold; best: us, eu'")
+    store = FolderStore(kernel_env)
+    daily = store.sql("SELECT status, parameters, output_notebook FROM runs WHERE workflow = 'daily'").row(0)
+    assert daily[0] == "succeeded" and json.loads(daily[1]) == {"limit": 8} and daily[2] == str(tmp_path / "out" / "daily.ipynb")
+    beats = store.sql("SELECT count(*) AS n FROM triggers t JOIN runs r USING (trigger_id) WHERE t.schedule = 'heartbeat' AND r.status = 'succeeded'")
+    assert beats["n"][0] >= 3
+    assert "scheduler exit code: 0" in _text(_cell(nb, "scheduler = subprocess.Popen"))
+    answers = _text(_cell(nb, "import httpx")).splitlines()
+    assert answers[0].startswith("202") and "'started'" in answers[0]
+    assert answers[1].startswith("401") and answers[2].startswith("202") and "'filtered'" in answers[2]
+    assert store.sql("SELECT outcome FROM triggers WHERE schedule = 'on-push'")["outcome"].to_list() == ["succeeded"]
+    assert 'kernelflow_runs_total{status="succeeded",workflow="monthly"} 1.0' in _text(nb.cells[-1])
