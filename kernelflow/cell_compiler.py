@@ -59,46 +59,10 @@ def compile_cell(
         text = cell_text if cell_text is not None else padded
         linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
 
-    try:
-        tree = ast.parse(padded, filename)
-    except SyntaxError as exc:
-        line = exc.lineno or first_line
-        code_line = (exc.text or "").strip()
-        raise DefinitionError(
-            f"syntax error: {exc.msg}" + (f": {code_line}" if code_line else ""),
-            location=f"cell line {line}",
-            hint="fix the Python syntax on that line; nothing was defined",
-        ) from None
-
-    defs = _task_defs(tree)
-    assigned = _step_assignments(tree)
-    for sid, node in assigned.items():
-        if sid in defs:
-            raise DefinitionError(
-                f"task {sid!r} is defined twice (cell lines {defs[sid].lineno} and {node.lineno})",
-                location=f"cell line {node.lineno}",
-                hint=f"rename one of the two definitions of {sid!r}",
-            )
-    if not defs and not assigned:
-        raise DefinitionError(
-            f"the cell defines no tasks for workflow {name!r}",
-            location="cell line 1",
-            hint="define at least one top-level function with def (names starting with _ are helpers), "
-            "or assign a step: fetch = kf.shell([...])",
-        )
-    if name in defs or name in assigned:
-        line = defs[name].lineno if name in defs else assigned[name].lineno
-        raise DefinitionError(
-            f"the workflow is named {name!r} like one of its tasks (cell line {line}), "
-            "and binding the workflow would hide the task",
-            location="cell line 1",
-            hint="rename the workflow or the task",
-        )
+    tree, defs, assigned, static_tasks = check_structure(
+        name, padded, filename, first_line, max_parallel=max_parallel, executor=executor
+    )
     with gc_paused():
-        static_tasks = _static_tasks(defs, set(assigned))
-        static_steps = [Task(id=sid, params=(), deps=(), line=node.lineno) for sid, node in assigned.items()]
-        # Validate the wiring before running anything (cycles, unknown deps, duplicates).
-        Workflow.build(name, static_tasks + static_steps, max_parallel=max_parallel, executor=executor)
         code = compile(tree, filename, "exec")
         # The code object is independent of the tree now, so fingerprinting may
         # strip docstrings in place: one pass, no copies.
@@ -319,3 +283,55 @@ def _cell_line(exc: BaseException, filename: str) -> int | None:
             line = tb.tb_lineno
         tb = tb.tb_next
     return line
+
+
+def check_structure(
+    name: str, padded: str, filename: str, first_line: int, *, max_parallel: int = 8, executor: str = DEFAULT_EXECUTOR
+) -> tuple[ast.Module, dict[str, Any], dict[str, Any], list[Task]]:
+    """Every check of a Python cell body that needs no execution: syntax, tasks
+    defined twice, no tasks, a workflow named like a task, and the wiring
+    (cycles, unknown dependencies). Returns the tree, the task ``def`` nodes, the
+    step assignments and the tasks as far as the source tells. Used by
+    :func:`compile_cell` before it runs anything and by ``kernelflow validate``.
+    """
+    try:
+        tree = ast.parse(padded, filename)
+    except SyntaxError as exc:
+        line = exc.lineno or first_line
+        code_line = (exc.text or "").strip()
+        raise DefinitionError(
+            f"syntax error: {exc.msg}" + (f": {code_line}" if code_line else ""),
+            location=f"cell line {line}",
+            hint="fix the Python syntax on that line; nothing was defined",
+        ) from None
+
+    defs = _task_defs(tree)
+    assigned = _step_assignments(tree)
+    for sid, node in assigned.items():
+        if sid in defs:
+            raise DefinitionError(
+                f"task {sid!r} is defined twice (cell lines {defs[sid].lineno} and {node.lineno})",
+                location=f"cell line {node.lineno}",
+                hint=f"rename one of the two definitions of {sid!r}",
+            )
+    if not defs and not assigned:
+        raise DefinitionError(
+            f"the cell defines no tasks for workflow {name!r}",
+            location="cell line 1",
+            hint="define at least one top-level function with def (names starting with _ are helpers), "
+            "or assign a step: fetch = kf.shell([...])",
+        )
+    if name in defs or name in assigned:
+        line = defs[name].lineno if name in defs else assigned[name].lineno
+        raise DefinitionError(
+            f"the workflow is named {name!r} like one of its tasks (cell line {line}), "
+            "and binding the workflow would hide the task",
+            location="cell line 1",
+            hint="rename the workflow or the task",
+        )
+    with gc_paused():
+        static_tasks = _static_tasks(defs, set(assigned))
+        static_steps = [Task(id=sid, params=(), deps=(), line=node.lineno) for sid, node in assigned.items()]
+        # Validate the wiring before running anything (cycles, unknown deps, duplicates).
+        Workflow.build(name, static_tasks + static_steps, max_parallel=max_parallel, executor=executor)
+    return tree, defs, assigned, static_tasks

@@ -198,39 +198,12 @@ def _check_cell(magic: str, body: str, namespace: dict[str, Any], path: str, num
 def check_python_structure(name: str, body: str, *, first_line: int = 2) -> int:
     """The checks ``compile_cell`` makes before executing a Python body; returns
     the number of tasks it defines. Raises :class:`DefinitionError` (``cell line N``)."""
-    from .cell_compiler import _static_tasks, _step_assignments, _task_defs
-    from .model import Task, Workflow
+    from .cell_compiler import check_structure
 
     if not name.isidentifier():
         raise DefinitionError(f"workflow name must be a Python identifier, got {name!r}", location="cell line 1")
-    try:
-        tree = ast.parse("\n" * (first_line - 1) + body)
-    except SyntaxError as exc:
-        code_line = (exc.text or "").strip()
-        raise DefinitionError(
-            f"syntax error: {exc.msg}" + (f": {code_line}" if code_line else ""),
-            location=f"cell line {exc.lineno or first_line}",
-            hint="fix the Python syntax on that line",
-        ) from None
-    defs = _task_defs(tree)
-    assigned = _step_assignments(tree)
-    for sid, node in assigned.items():
-        if sid in defs:
-            raise DefinitionError(
-                f"task {sid!r} is defined twice (cell lines {defs[sid].lineno} and {node.lineno})",
-                location=f"cell line {node.lineno}",
-            )
-    if not defs and not assigned:
-        raise DefinitionError(f"the cell defines no tasks for workflow {name!r}", location="cell line 1",
-                              hint="define at least one top-level function with def")  # fmt: skip
-    if name in defs or name in assigned:
-        raise DefinitionError(f"the workflow is named {name!r} like one of its tasks", location="cell line 1",
-                              hint="rename the workflow or the task")  # fmt: skip
-    static = _static_tasks(defs, set(assigned))
-    steps = [Task(id=sid, params=(), deps=(), line=node.lineno) for sid, node in assigned.items()]
-    # Workflow.build checks the wiring: unknown dependencies, duplicates, cycles.
-    wf = Workflow.build(name, static + steps)
-    return len(wf.tasks)
+    _tree, _defs, assigned, static = check_structure(name, "\n" * (first_line - 1) + body, "<cell>", first_line)
+    return len(static) + len(assigned)
 
 
 def _stub_namespace(path: str, code: list[tuple[int, str]]) -> dict[str, Any]:
