@@ -12,11 +12,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any
 
 from . import events as ev
+from .table_rows import TableRows
 from .events import Event, current_actor, now_us, us_to_datetime
 from .exceptions import KernelflowError
 from .reducer import fold
@@ -258,7 +259,7 @@ def approvals(status: str | None = "pending") -> Approvals:
 APPROVAL_STATUSES = ("pending", "granted", "rejected", "expired")
 
 
-class Approvals(Sequence[dict[str, Any]]):
+class Approvals(TableRows):
     """Approval requests (rows of the ``approvals`` view), as :func:`approvals` returns them.
 
     A sequence of dicts (``run_id``, ``task_id``, ``message``, ``status``,
@@ -268,25 +269,11 @@ class Approvals(Sequence[dict[str, Any]]):
     """
 
     def __init__(self, df: pl.DataFrame, status: str | None = "pending") -> None:
-        self.df = df
-        """The requests as a polars DataFrame (the ``approvals`` view's columns)."""
+        super().__init__(df)  # df: the ``approvals`` view's columns
         self.status = status
-        self._rows: list[dict[str, Any]] = list(df.iter_rows(named=True))
 
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return iter(self._rows)
-
-    @overload
-    def __getitem__(self, i: int) -> dict[str, Any]: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[dict[str, Any]]: ...
-    def __getitem__(self, i: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
-        if isinstance(i, str):
-            raise TypeError(f"kf.approvals() is a list of requests; for the column {i!r} use kf.approvals().df[{i!r}]")
-        return self._rows[i]
+    def _by_text(self, key: str) -> dict[str, Any]:
+        raise TypeError(f"kf.approvals() is a list of requests; for the column {key!r} use kf.approvals().df[{key!r}]")
 
     def _what(self) -> str:
         noun = "approval request" if self.status is None else f"{self.status} approval"

@@ -8,17 +8,18 @@ schedule registered here takes effect without restarting it.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime
 from datetime import timezone as _tz
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any
 
+from .table_rows import TableRows
 from .exceptions import DefinitionError, KernelflowError, StoreError
 from .schedules import Schedule, check_name, parse_schedule
 
 if TYPE_CHECKING:  # pragma: no cover
-    import polars as pl
+    pass
 
 __all__ = ["Schedules", "schedule", "schedules", "unschedule"]
 
@@ -233,31 +234,15 @@ def _last_outcomes(store: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
-class Schedules(Sequence[dict[str, Any]]):
-    """Schedules as :func:`schedules` returns them: a sequence of dicts, the table as :attr:`df`."""
+class Schedules(TableRows):
+    """Schedules as :func:`schedules` returns them: a sequence of dicts (columns:
+    :data:`COLUMNS`), the table as :attr:`df`; ``result["name"]`` is that schedule."""
 
-    def __init__(self, df: pl.DataFrame) -> None:
-        self.df = df
-        """The schedules as a polars DataFrame (columns: :data:`COLUMNS`)."""
-        self._rows: list[dict[str, Any]] = list(df.iter_rows(named=True))
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return iter(self._rows)
-
-    @overload
-    def __getitem__(self, i: int) -> dict[str, Any]: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[dict[str, Any]]: ...
-    def __getitem__(self, i: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
-        if isinstance(i, str):
-            match = [r for r in self._rows if r["name"] == i]
-            if match:
-                return match[0]
-            raise KeyError(f"no schedule {i!r}; schedules: {', '.join(r['name'] for r in self._rows) or 'none'}")
-        return self._rows[i]
+    def _by_text(self, key: str) -> dict[str, Any]:
+        match = [r for r in self._rows if r["name"] == key]
+        if match:
+            return match[0]
+        raise KeyError(f"no schedule {key!r}; schedules: {', '.join(r['name'] for r in self._rows) or 'none'}")
 
     @property
     def names(self) -> list[str]:
