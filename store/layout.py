@@ -231,6 +231,10 @@ def read_marker(layout: Layout) -> dict[str, Any] | None:
             entries = [n for n in os.listdir(root) if not _is_our_temp(n)]
         except OSError as exc:
             raise StoreError(f"cannot list the store folder {root}: {exc.strerror}; check its permissions") from exc
+        if MARKER in entries:
+            # Created by a racing writer between our read and our listing
+            # (it may have added more files since): read what it wrote.
+            return read_marker(layout)
         if entries:
             raise NotAStoreError(
                 f"{root} exists but is not a kernelflow store (no {MARKER}). {_FIX_NEW_FOLDER}"

@@ -428,3 +428,26 @@ def test_opening_a_store_of_many_session_files_merges_them(tmp_path: Path) -> No
     assert duckdb.sql(f"SELECT * FROM read_parquet('{merged}') ORDER BY run_id, seq").fetchall() == expected
     assert store.sql("SELECT count(*) FROM events").item() == len(expected) == 45
     store.close()
+
+
+def test_a_marker_created_by_a_racing_writer_between_read_and_listing_is_honoured(tmp_path, monkeypatch):
+    """Another handle creates the store (marker, then circuits/) right after our read of
+    store.json failed and before we list the folder: that is a store, not a foreign folder."""
+    import pathlib
+
+    from kernelflow.store.layout import Layout, ensure_created, read_marker
+
+    layout = Layout(tmp_path / "store")
+    created = ensure_created(layout, fsync=False)
+    (layout.root / "circuits").mkdir()
+    real = pathlib.Path.read_bytes
+    missed = []
+
+    def not_yet(self):
+        if self == layout.marker and not missed:
+            missed.append(self)
+            raise FileNotFoundError(self)
+        return real(self)
+
+    monkeypatch.setattr(pathlib.Path, "read_bytes", not_yet)
+    assert read_marker(layout) == created and missed
