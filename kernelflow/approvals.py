@@ -174,15 +174,9 @@ def _answered(store: Any, run_id: str, step: str) -> bool:
 
 def _resume_here(run_id: str) -> Run | None:
     """Continue a suspended run in the background if its code is loaded here."""
-    from .resume import ResumeError, resume
-    from .watcher import forget
+    from .watcher import continue_here
 
-    handle = forget(run_id)
-    try:
-        return resume(run_id, wait=False, release_breakpoints=False, into=handle, only_if="waiting",
-                      raise_on_failure=handle.raise_on_failure if handle is not None else True)  # fmt: skip
-    except ResumeError:
-        return None
+    return continue_here(run_id)
 
 
 def answer_event_from_claim(claim: Mapping[str, Any]) -> tuple[str, dict[str, Any], Mapping[str, Any] | None]:

@@ -30,6 +30,10 @@ class ResumeError(KernelflowError):
     """A run cannot be resumed (unknown, finished, driven elsewhere, code missing)."""
 
 
+class RunBusyError(ResumeError):
+    """The run's lease is held: another driver (or an approval being recorded) has it."""
+
+
 @dataclass
 class ResumePlan:
     """What :func:`restore` needs: the history, and what the caller asked."""
@@ -129,7 +133,7 @@ def resume(
     lease = store.lease(run_id)
     if lease is None:
         holder = store.lease_holder(run_id) or {}
-        raise ResumeError(
+        raise RunBusyError(
             f"run {run_id} is being driven right now"
             + (f" by pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}" if holder.get("pid") else "")
             + "; wait for it to finish or stop that process, then resume"

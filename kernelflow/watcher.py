@@ -29,6 +29,10 @@ _lock = threading.Lock()
 #            the workflow; {answer file: 1}; earliest expiry)
 _watched: dict[str, tuple[Any, Any, dict[str, int], int | None]] = {}
 _thread: threading.Thread | None = None
+# approve() and the poller may both see an answer at once; whichever continues
+# the run does it under this lock, so the user's handle is re-initialised
+# before the other one looks (and finds nothing left to do).
+_continuing = threading.Lock()
 
 
 def batch_mode() -> bool:
@@ -86,24 +90,39 @@ def _loop() -> None:
         except Exception:  # noqa: BLE001 - the store moved away; try again later
             continue
         now = now_us()
-        for run_id, (handle, workflow, names, expiry) in items:
+        for run_id, (_, _, names, expiry) in items:
             present = set(store.answers.names(run_id))
             if not (present & set(names)) and (expiry is None or expiry > now):
                 continue
-            with _lock:
-                _watched.pop(run_id, None)
-            _continue(run_id, workflow, handle())
+            try:
+                continue_here(run_id)
+            except Exception as exc:  # noqa: BLE001 - a background thread must not die silently
+                import warnings
+
+                warnings.warn(f"kernelflow could not continue run {run_id} after its approval: {exc}",
+                              RuntimeWarning, stacklevel=1)  # fmt: skip
 
 
-def _continue(run_id: str, workflow: Any, run: Run | None) -> None:
-    from .resume import ResumeError, resume
+def continue_here(run_id: str) -> Run | None:
+    """Continue suspended run ``run_id`` in this process, into the user's handle
+    when this process watches it; ``None`` when there is nothing to continue
+    here (resumed elsewhere, finished, or its code is not loaded).
 
-    try:
-        resume(run_id, workflow=workflow, wait=False, release_breakpoints=False, only_if="waiting",
-               raise_on_failure=run.raise_on_failure if run is not None else True, into=run)  # fmt: skip
-    except ResumeError:
-        pass  # resumed elsewhere, or finished: nothing to do here
-    except Exception as exc:  # noqa: BLE001 - a background thread must not die silently
-        import warnings
+    While another driver holds the run (an approval being recorded), the run
+    stays watched and the next poll tries again.
+    """
+    from .resume import ResumeError, RunBusyError, resume
 
-        warnings.warn(f"kernelflow could not continue run {run_id} after its approval: {exc}", RuntimeWarning, stacklevel=1)
+    with _continuing:
+        with _lock:
+            entry = _watched.get(run_id)
+        handle = entry[0]() if entry is not None else None
+        try:
+            return resume(run_id, workflow=entry[1] if entry is not None else None, wait=False,
+                          release_breakpoints=False, only_if="waiting", into=handle,
+                          raise_on_failure=handle.raise_on_failure if handle is not None else True)  # fmt: skip
+        except RunBusyError:
+            return None
+        except ResumeError:
+            forget(run_id)  # resumed elsewhere, or finished: nothing left to watch
+            return None

@@ -72,6 +72,31 @@ def test_the_watcher_does_not_bring_back_a_run_resumed_elsewhere(monkeypatch: py
     assert kf.sql("SELECT status FROM runs WHERE run_id = ?", [run.run_id]).item() == "failed"
 
 
+def test_a_watched_run_continues_into_the_users_handle_even_while_another_driver_holds_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kernelflow import watcher
+
+    monkeypatch.delenv("KERNELFLOW_NO_WATCH", raising=False)
+
+    @kf.approval("Publish to {table}?", input={"table": str})
+    def publish(table):
+        return {"table": table}
+
+    run = kf.workflow("watched_busy", [publish]).run()
+    assert run.run_id in watcher.watched()
+    lease = open_store().lease(run.run_id)  # what approve() holds while it records an answer
+    try:
+        assert watcher.continue_here(run.run_id) is None
+        assert run.run_id in watcher.watched()  # busy is not finished: still watched
+    finally:
+        lease.release()
+    # The notebook's poller and approve() both see the answer; whichever wins
+    # continues the run into the handle the user holds, before approve returns.
+    kf.approve(run.run_id, "publish", table="t2")
+    run.wait(30)
+    assert run.status == "succeeded" and run["publish"]["table"] == "t2"
+    assert run.run_id not in watcher.watched()
+
+
 def test_run_resume_of_a_yaml_workflow_defined_in_this_process_finds_its_functions(monkeypatch: pytest.MonkeyPatch) -> None:
     from kernelflow.yaml_compiler import compile_yaml
 
