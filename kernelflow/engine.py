@@ -604,8 +604,16 @@ class _Driver:
             kwargs.update(replaced_values(self.run, replaced))
         return kwargs
 
-    def executor_for(self, tid: str) -> Executor:
+    def executor_name(self, tid: str) -> str:
         name = self.plan[tid][3]
+        if name != "threads" and self.index[tid].spec.kind not in ("python", "switch") and executor_spec(name).remote:
+            # Shell, HTTP, notebook and sub-workflow steps start their own
+            # processes or requests and need the run here: threads run them.
+            return "threads"
+        return name
+
+    def executor_for(self, tid: str) -> Executor:
+        name = self.executor_name(tid)
         executor = self.executors.get(name)
         if executor is None:
             executor = self.executors[name] = executor_spec(name).factory(self.max_parallel)
@@ -636,7 +644,7 @@ class _Driver:
             extra = self.apply_answer(tid, attempt, answer)
             if extra is None:
                 return  # rejected, expired or a pure gate: decided here
-        executor_name = self.plan[tid][3]
+        executor_name = self.executor_name(tid)
         if self.run._replaying and spec.kind in ("shell", "http", "notebook", "workflow"):
             self.replay_recorded(tid, attempt)
             return
@@ -801,7 +809,7 @@ class _Driver:
         alone = not self.running and not self.ready and not self.retry_heap and not self.frames and not self.gates and not self.sleepers
         path = meta["frame"].path + (meta["index"],) if meta.get("kind") == "item" else ()
         ctx = TaskContext(self.run.run_id, self.wf.name, tid, attempt, self.tasks_state[tid].iteration, path, self.run)
-        call = TaskCall(self.run.run_id, tid, attempt, bind(ctx, fn), kwargs, None if own else timeout, alone)
+        call = TaskCall(self.run.run_id, tid, attempt, bind(ctx, fn), kwargs, None if own else timeout, alone, ctx)
         self.running[key] = (attempt, None, meta)
         self.calls[id(call)] = key
         handle = self.executor_for(tid).submit(call, self.report)

@@ -25,6 +25,10 @@ class TaskCall:
     # may then run the attempt on the calling thread (the engine has nothing
     # else to do meanwhile), saving a thread handoff per task in a chain.
     alone: bool = False
+    # Where the attempt runs in the run (task, attempt, iteration, forEach item):
+    # an executor that runs ``fn`` in another process rebuilds the task context
+    # there from it (see kernelflow.remote_attempt). ``fn`` is already bound to it.
+    context: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +72,18 @@ ExecutorFactory = Callable[[int], Executor]
 
 @dataclass(frozen=True)
 class ExecutorSpec:
-    """What an executor plugin registers: a name, a factory and a description."""
+    """What an executor plugin registers: a name, a factory and a description.
+
+    ``remote``: the executor runs attempts outside this process (a process
+    pool, a cluster), so only Python steps go to it; shell, HTTP, notebook and
+    sub-workflow steps of the same workflow run on threads here (they start
+    their own processes or requests anyway). ``health``: a check that
+    ``kernelflow doctor`` calls (is the cluster reachable?), returning a
+    :class:`kernelflow.health.Health`.
+    """
 
     name: str
     factory: ExecutorFactory
     description: str = ""
+    remote: bool = False
+    health: Callable[[], Any] | None = None
