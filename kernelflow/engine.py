@@ -156,6 +156,10 @@ def drive(run: Run) -> None:
     _Driver(run).drive()
 
 
+INTERRUPT_POLL_S = 0.5
+"""Longest the driving thread waits for a completion before looking again (Ctrl-C)."""
+
+
 class _Driver:
     def __init__(self, run: Run) -> None:
         self.run = run
@@ -257,8 +261,13 @@ class _Driver:
                 pass
             raise
         finally:
-            for executor in self.executors.values():
-                executor.shutdown(wait=False)
+            for name, executor in self.executors.items():
+                try:
+                    executor.shutdown(wait=False)
+                except Exception as exc:  # noqa: BLE001 - the run's outcome is already decided
+                    from .plugin_host import executor_owner, plugin_failed
+
+                    plugin_failed(executor_owner(name) or name, f"executor {name!r} shutdown", exc, "the run goes on")
 
         if self.suspended:
             return
@@ -300,10 +309,12 @@ class _Driver:
                 self.next_poll if self.gates else float("inf"),
             )
             try:
-                if wake == float("inf"):
-                    outcome: TaskOutcome | None = completions.get()
-                else:
-                    outcome = completions.get(timeout=max(0.0, wake - time.monotonic()))
+                # Never an untimed wait: once polars is imported, a blocking
+                # SimpleQueue.get() is not woken by SIGINT, and Ctrl-C (the
+                # notebook's stop button) would wait for the next completion.
+                outcome: TaskOutcome | None = completions.get(
+                    timeout=min(INTERRUPT_POLL_S, max(0.0, wake - time.monotonic()))
+                )
             except queue.Empty:
                 outcome = None
             while outcome is not None:
@@ -812,12 +823,37 @@ class _Driver:
         call = TaskCall(self.run.run_id, tid, attempt, bind(ctx, fn), kwargs, None if own else timeout, alone, ctx)
         self.running[key] = (attempt, None, meta)
         self.calls[id(call)] = key
-        handle = self.executor_for(tid).submit(call, self.report)
+        try:
+            handle = self.executor_for(tid).submit(call, self.report)
+        except Exception as exc:  # noqa: BLE001 - a broken executor plugin fails this attempt, not the engine
+            self.report(self.executor_broke(tid, call, exc))
+            return
         if key in self.running and self.running[key][0] == attempt and self.running[key][1] is None:
             self.running[key] = (attempt, handle, meta)
         if timeout is not None and not own:
             self.counter += 1
             heapq.heappush(self.deadline_heap, (time.monotonic() + timeout, self.counter, key, attempt))
+
+    def executor_broke(self, tid: str, call: TaskCall, exc: Exception) -> TaskOutcome:
+        """The outcome of an attempt whose executor raised instead of starting it:
+        a failed attempt (retried like any other) naming the executor's plugin."""
+        from .exceptions import PluginError
+        from .plugin_host import describe, executor_owner
+        from .plugins.thread_executor import format_user_traceback
+
+        try:
+            name = self.executor_name(tid)
+        except Exception:  # noqa: BLE001 - the executor's name is what we can say
+            name = self.plan[tid][3]
+        owner = executor_owner(name)
+        if owner is None and isinstance(exc, PluginError):
+            return TaskOutcome(call, error=exc, traceback="")  # no plugin registers it (any more)
+        error = PluginError(
+            f"executor {name!r} from {describe(owner)} raised instead of starting the attempt: "
+            f"{type(exc).__name__}: {exc}"
+        )
+        error.__cause__ = exc
+        return TaskOutcome(call, error=error, traceback=format_user_traceback(exc))
 
     # --- forEach ---------------------------------------------------------------------------
 

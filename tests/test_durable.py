@@ -524,3 +524,34 @@ def test_a_failure_the_run_went_on_past_is_not_run_again_when_a_gate_resumes_it(
     assert resumed.state.tasks["optional"].status == "failed" and "optional" in resumed.continued
     resets = kf.sql("SELECT task_id FROM events WHERE run_id = ? AND type = 'TaskReset'", [run.run_id])
     assert resets.height == 0
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_run_whose_tasks_are_all_on_worker_threads(tmp_path: Path) -> None:
+    # Once polars is imported, an untimed queue wait is not woken by SIGINT: the
+    # driver must still notice Ctrl-C while both tasks sleep on worker threads.
+    started = tmp_path / "started"
+    script = tmp_path / "stoppable.py"
+    script.write_text(
+        "import pathlib, sys, time\n"
+        "import kernelflow as kf\n"
+        "def a():\n"
+        "    pathlib.Path(sys.argv[1]).touch()\n"
+        "    time.sleep(60)\n"
+        "def b():\n"
+        "    time.sleep(60)\n"
+        "kf.workflow('stoppable', [a, b]).run()\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script), str(started)], stderr=subprocess.PIPE, text=True)
+    wait_for(started.exists, what="the tasks to start")
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("the run did not stop on SIGINT while its tasks slept for 60 s") from None
+    assert "KeyboardInterrupt" in err
+    (run_id,) = kf.sql("SELECT run_id FROM runs WHERE workflow = 'stoppable'")["run_id"].to_list()
+    failed = next(e for e in open_store().read_run(run_id) if e.type == ev.RUN_FAILED)
+    assert failed.payload["interrupted"] is True
