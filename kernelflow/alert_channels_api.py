@@ -235,19 +235,20 @@ _channels: dict[str, tuple[str, AlertChannel]] = {}
 
 
 def channel_types() -> dict[str, ChannelSpec]:
-    """Every channel type registered through ``kernelflow_register_alert_channels``, by name."""
+    """Every channel type registered through ``kernelflow_register_alert_channels``, by name.
+
+    A plugin whose hook raises is reported (a warning naming it) and left out."""
     from .exceptions import PluginError
-    from .plugin_host import get_plugin_manager
+    from .plugin_host import get_plugin_manager, plugin_failed
 
     found: dict[str, ChannelSpec] = {}
     owner: dict[str, str] = {}
     for impl in get_plugin_manager().hook.kernelflow_register_alert_channels.get_hookimpls():
         try:
-            specs = impl.function() or []
-        except Exception as exc:
-            raise PluginError(
-                f"plugin {impl.plugin_name!r} raised in kernelflow_register_alert_channels: {type(exc).__name__}: {exc}"
-            ) from exc
+            specs = list(impl.function() or [])
+        except Exception as exc:  # noqa: BLE001 - the other plugins' channels still work
+            plugin_failed(impl.plugin_name, "kernelflow_register_alert_channels", exc, "its channel types are not available")
+            continue
         for spec in specs:
             if spec.name in found:
                 raise PluginError(

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from .engine import drive
 from .exceptions import InputError, OptionError
-from .plugin_host import executors, get_plugin_manager
+from .plugin_host import call_each, executors, get_plugin_manager
 from .run import Run
 from .store_access import open_store
 
@@ -162,8 +162,9 @@ def prepare_run(
         run = Run(workflow, run_id, inputs, store, raise_on_failure=raise_on_failure, parent_info=parent_info,
                   masker=masker, options=options)  # fmt: skip
     if observed:
-        for found in get_plugin_manager().hook.kernelflow_run_observers(run=run):
-            run._observers.extend(found or ())
+        # Each plugin on its own: one that raises is reported and skipped, the run goes on.
+        for plugin, found in call_each("kernelflow_run_observers", run=run):
+            run._watch(found, plugin)
     return run
 
 

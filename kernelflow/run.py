@@ -66,6 +66,7 @@ class Run:
         self._seq = 0
         self._actor = current_actor()
         self._observers: list[RunObserver] = []
+        self._observer_plugins: dict[int, str] = {}  # id(observer) -> the plugin that attached it
         self._unseen: list[Event] = []
         self._done = threading.Event()
         self._on_done: list[Callable[[Run], None]] = []
@@ -126,7 +127,7 @@ class Run:
             try:
                 observer.on_events(self, batch)
             except Exception as exc:  # noqa: BLE001 - a display must not take the run down
-                self._drop_observer(observer, exc)
+                self._drop_observer(observer, exc, "on_events")
 
     def _finish(self) -> None:
         # Outputs kept as artifacts leave memory with the run; run[task] loads them again.
@@ -138,21 +139,31 @@ class Run:
             try:
                 observer.on_finish(self)
             except Exception as exc:  # noqa: BLE001
-                self._drop_observer(observer, exc)
+                self._drop_observer(observer, exc, "on_finish")
         with self._lock:
             self._done.set()
             callbacks, self._on_done = self._on_done, []
         for callback in callbacks:
             callback(self)
 
-    def _drop_observer(self, observer: RunObserver, exc: BaseException) -> None:
+    def _watch(self, observers: Any, plugin: str) -> None:
+        """Attach ``observers`` that ``plugin`` returned from ``kernelflow_run_observers``."""
+        for observer in observers:
+            self._observers.append(observer)
+            self._observer_plugins[id(observer)] = plugin
+
+    def _drop_observer(self, observer: RunObserver, exc: BaseException, method: str = "on_events") -> None:
         import warnings
 
+        from .plugin_host import PluginWarning, describe
+
         self._observers.remove(observer)
+        plugin = self._observer_plugins.pop(id(observer), None)
         warnings.warn(
-            f"run {self.run_id}: observer {type(observer).__name__} raised {type(exc).__name__}: {exc}; "
+            f"run {self.run_id}: " + (f"kernelflow {describe(plugin)}: " if plugin else "")
+            + f"observer {type(observer).__name__} raised {type(exc).__name__}: {exc} (in {method}); "
             "it was detached, the run goes on",
-            RuntimeWarning,
+            PluginWarning,
             stacklevel=2,
         )
 

@@ -89,18 +89,28 @@ class Secrets:
     def __getitem__(self, name: str) -> str:
         if name in self._cache:
             return self._cache[name]
-        from .plugin_host import get_plugin_manager
+        from .plugin_host import call_each, plugin_failed
 
-        providers = [p for found in get_plugin_manager().hook.kernelflow_secret_providers() for p in (found or ())]
-        for provider in providers:
-            value = provider.get(name)
+        # A provider plugin that raises (its hook, or its get) is reported and
+        # skipped: the next provider is asked.
+        providers = [(plugin, p) for plugin, found in call_each("kernelflow_secret_providers") for p in found]
+        failed = []
+        for plugin, provider in providers:
+            label = getattr(provider, "name", type(provider).__name__)
+            try:
+                value = provider.get(name)
+            except Exception as exc:  # noqa: BLE001
+                plugin_failed(plugin, f"secret provider {label!r} get({name!r})", exc, "the next provider was asked")
+                failed.append(f"{label!r} raised {type(exc).__name__}")
+                continue
             if value is not None:
                 value = str(value)
                 self._masker.add(value)
                 self._cache[name] = value
                 return value
-        names = ", ".join(getattr(p, "name", type(p).__name__) for p in providers) or "none"
+        names = ", ".join(getattr(p, "name", type(p).__name__) for _, p in providers) or "none"
+        broke = f"; {', '.join(failed)}" if failed else ""
         raise SecretNotFoundError(
-            f"secret {name!r} was not found by any secret provider (providers: {names}); "
+            f"secret {name!r} was not found by any secret provider (providers: {names}{broke}); "
             f"with the built-in env provider, set the environment variable {name} before the run"
         )

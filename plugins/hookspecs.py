@@ -11,6 +11,13 @@ Hooks are named by their contract: ``kernelflow_register_*`` return a list
 that is collected from every plugin; ``kernelflow_open_*`` stop at the first
 non-None result. The built-in executors and store use these same hooks
 (``kernelflow.plugins.thread_executor``, ``kernelflow.plugins.folder_store``).
+
+An implementation takes some or all of its hook's parameters, by name, and no
+others; one that asks for another is refused when the plugin is loaded. A
+plugin that raises while kernelflow calls it is reported once (a
+``kernelflow.plugin_host.PluginWarning`` naming it) and skipped: each hook's
+docstring says what is lost. ``docs/plugins.md`` renders these docstrings
+(``python -m kernelflow.plugins.hook_reference``).
 """
 
 from __future__ import annotations
@@ -43,6 +50,10 @@ def kernelflow_register_executors() -> list[ExecutorSpec]:
     Called once, the first time an executor is looked up. Each spec's ``name``
     is what users write in ``--executor NAME`` or ``@kf.task(executor=NAME)``;
     two plugins registering the same name is an error naming both.
+
+    If this hook raises, the plugin's executors are missing and only tasks
+    that ask for them fail. If an executor's factory or ``submit`` raises,
+    that attempt fails (and is retried like any other) naming the plugin.
     """
 
 
@@ -55,7 +66,8 @@ def kernelflow_open_store(location: str) -> EventStore | None:
     Called when a process first needs the store. Stops at the first non-None
     result: mark an implementation ``tryfirst=True`` to claim locations (for
     example ``postgres://`` URLs) before the built-in folder store, which
-    accepts any path.
+    accepts any path. An error raised here is the error of whatever needed
+    the store: nothing can run without one.
     """
 
 
@@ -71,6 +83,9 @@ def kernelflow_run_observers(run: Run) -> list[RunObserver] | None:
     notebook plugin can tell whether the run belongs to the cell being
     executed). The engine then calls each observer's ``on_events`` with the
     events it records, and ``on_finish`` when the run ends.
+
+    If this hook raises, the plugin's observers are not attached; an observer
+    whose ``on_events`` or ``on_finish`` raises is detached. The run goes on.
     """
 
 
@@ -83,9 +98,11 @@ def kernelflow_secret_providers() -> list[SecretProvider]:
     objects with a ``name`` and ``get(name) -> str | None``.
 
     Called when a run first resolves ``{{secrets.NAME}}``; providers are
-    asked in registration order (built-in ``env`` last) and the first value
-    that is not ``None`` wins. Values are masked in everything kernelflow
-    records or shows; a provider must not log them.
+    asked in pluggy's call order (the plugin registered last first,
+    ``tryfirst``/``trylast`` respected; the built-in ``env`` is ``trylast``)
+    and the first value that is not ``None`` wins. Values are masked in
+    everything kernelflow records or shows; a provider must not log them.
+    If this hook or a provider's ``get`` raises, the next provider is asked.
     """
 
 
@@ -104,4 +121,5 @@ def kernelflow_register_alert_channels() -> list[ChannelSpec]:
     :class:`kernelflow.alert_channels_api.ChannelConfigError` for bad ones,
     and return an object with ``send(alert, *, timeout)`` that raises on
     failure. Two plugins registering the same name is an error naming both.
+    If this hook raises, the plugin's types are missing and the others work.
     """

@@ -39,10 +39,24 @@ def test_there_are_hooks():
 
 @pytest.mark.parametrize("name", HOOKS)
 def test_every_hook_has_a_docstring_and_is_documented_with_its_signature(name: str):
+    from kernelflow.plugin_host import signature_text
+
     spec = getattr(hookspecs, name)
     assert spec.__doc__ and len(spec.__doc__.split()) > 10, f"{name} needs a docstring saying when it is called and what it returns"
     params = ", ".join(inspect.signature(spec).parameters)
-    assert f"`{name}({params})`" in (DOCS / "plugins.md").read_text(), f"docs/plugins.md must list `{name}({params})`"
+    text = (DOCS / "plugins.md").read_text()
+    assert f"`{name}({params})`" in text, f"docs/plugins.md must list `{name}({params})`"
+    assert f"\n{signature_text(spec, name)}\n" in text, f"docs/plugins.md must show {signature_text(spec, name)}"
+
+
+def test_the_hook_reference_is_generated_from_the_hookspecs():
+    from kernelflow.plugins import hook_reference
+
+    text = (DOCS / "plugins.md").read_text()
+    assert text == hook_reference.update(text), (
+        "docs/plugins.md's hook reference is out of date with kernelflow/plugins/hookspecs.py "
+        f"(plugins/hookspecs.py in the repository): run `{hook_reference.COMMAND}` and commit the result"
+    )
 
 
 def test_every_event_type_is_documented():
