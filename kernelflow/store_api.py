@@ -12,6 +12,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import polars as pl
 
     from .events import Event
+    from .health import Health
 
 
 @runtime_checkable
@@ -77,3 +78,13 @@ class EventStore(Protocol):
 
     def close(self) -> None:
         """Release what the store holds in this process (files, threads)."""
+
+    def health(self) -> Health:
+        """Optional: what ``kernelflow doctor`` reports about this store, as a
+        :class:`kernelflow.health.Health` with ``component="store"``: where it
+        is, its schema version, its size, and whether this process can really
+        write there (``status="error"`` with a ``fix`` when it cannot, or when
+        the schema is newer than this kernelflow reads). Must not create the
+        store nor leave anything behind. Callers look it up with
+        ``getattr(store, "health", None)``: stores written before it existed
+        are reported as "no health check"."""

@@ -279,6 +279,16 @@ class FolderStore:
         docs/store.md, "Damaged files"."""
         return [p.as_dict() for p in self._query.problems()]
 
+    def health(self) -> Any:
+        """A :class:`kernelflow.health.Health` for ``kernelflow doctor``: the path,
+        schema version, size on disk, and whether a file can really be created
+        (and removed) in the folder; ``error`` with a fix for a read-only folder
+        or a schema newer than this kernelflow. Creates nothing (see
+        :mod:`kernelflow.store.health`)."""
+        from .health import check_folder
+
+        return check_folder(self.path)
+
     def wait_for_compaction(self, timeout: float | None = None) -> bool:
         """Wait for background compaction to finish; False if ``timeout`` ran out."""
         return self._compactor.wait_idle(timeout)
