@@ -22,6 +22,7 @@ __all__ = [
     "StepCancelledError",
     "StepError",
     "StepTimeoutError",
+    "WorkerDiedError",
 ]
 
 
@@ -99,3 +100,23 @@ class HttpStepError(StepError):
 
     def _state(self) -> dict[str, Any]:
         return {**super()._state(), "status": self.status, "body_excerpt": self.body_excerpt}
+
+
+class WorkerDiedError(StepError):
+    """The process running an attempt died before answering (a worker process
+    of the ``processes`` executor, a Dask worker): killed, out of memory or
+    crashed. Retried per the task's policy (``retry_on=["WorkerDiedError"]``
+    to retry only these).
+
+    ``exit_code``: the process's return code when known (negative: killed by
+    that signal); ``worker``: the worker's address when known.
+    """
+
+    def __init__(self, message: str, *, task_id: str | None = None, exit_code: int | None = None,
+                 worker: str | None = None):  # fmt: skip
+        super().__init__(message, task_id=task_id)
+        self.exit_code = exit_code
+        self.worker = worker
+
+    def _state(self) -> dict[str, Any]:
+        return {**super()._state(), "exit_code": self.exit_code, "worker": self.worker}
