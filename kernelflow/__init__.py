@@ -23,6 +23,7 @@ from .retention_api import gc
 from .resume import fork, resume
 from .replay import replay  # the function: it shadows the module of the same name
 from .circuits import circuit, circuits
+from .dask_api import use_dask
 from .dead_letters import dlq
 from .decorators import approval, for_each, task
 from .definitions import workflow
@@ -51,6 +52,7 @@ from .plugins.hookspecs import hookimpl
 from .reducer import RunState, TaskState, fold
 from .run import Run
 from .store_access import open_store, store_location, use_store
+from .plugins.otel_listener import use_opentelemetry  # imports no OpenTelemetry until a run is traced
 
 __version__ = "0.1.0"
 
@@ -119,6 +121,8 @@ __all__ = [
     "timeline",
     "unschedule",
     "unfinished_runs",
+    "use_opentelemetry",
+    "use_dask",
     "use_store",
     "workflow",
     "workflows",
