@@ -311,3 +311,44 @@ def test_the_batch_notebook_runs_a_batch_a_notebook_step_schedules_and_a_webhook
     assert answers[1].startswith("401") and answers[2].startswith("202") and "'filtered'" in answers[2]
     assert store.sql("SELECT outcome FROM triggers WHERE schedule = 'on-push'")["outcome"].to_list() == ["succeeded"]
     assert 'kernelflow_runs_total{status="succeeded",workflow="monthly"} 1.0' in _text(nb.cells[-1])
+
+
+SCALE_OUT = ROOT / "notebooks" / "07-scale-out.ipynb"
+
+
+def test_the_scale_out_notebook_is_saved_clean():
+    nb = nbformat.read(SCALE_OUT, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.outputs == [] and c.execution_count is None for c in code)
+    assert SCALE_OUT.stat().st_size < 30_000
+    sources = "\n".join(c.source for c in code)
+    for needle in ("--executor processes", "kf.use_dask(", "dashboard_link", "--executor dask", "@kf.for_each(",
+                   "os._exit(1)", "retries=2", '"doctor"', '"plugins"'):  # fmt: skip
+        assert needle in sources, needle
+
+
+@pytest.mark.slow
+def test_the_scale_out_notebook_runs_processes_a_cluster_a_fan_out_and_survives_a_dead_worker(tmp_path, kernel_env):
+    copy = tmp_path / SCALE_OUT.name
+    shutil.copy(SCALE_OUT, copy)
+    nb = nbformat.read(copy, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert errors == []
+    assert "none of them this kernel: True" in _text(_cell(nb, "run = crunch.run()"))
+    assert "dashboard: http://127.0.0.1:" in _text(_cell(nb, 'print("dashboard:"'))
+    shown = _text(_cell(nb, "big = fanout.run(")).strip().splitlines()[-1]  # after the live DAG's text form
+    assert ast.literal_eval(shown) == {"items": 2000, "sum": sum(x * x for x in range(2000))}
+    assert "ok: everything kernelflow needs is in order" in _text(_cell(nb, "import subprocess, sys"))
+    store = FolderStore(kernel_env)
+    attempts = store.sql(
+        "SELECT a.attempt, a.status, a.error_type FROM task_attempts a JOIN runs r USING (run_id) "
+        "WHERE r.workflow = 'fragile' ORDER BY a.attempt"
+    ).rows()
+    assert attempts[0][:2] == (1, "failed") and attempts[-1][:2] == (2, "succeeded"), attempts
+    executors = store.sql(
+        "SELECT DISTINCT payload->>'executor' AS ex FROM events e JOIN runs r USING (run_id) "
+        "WHERE r.workflow = 'fanout' AND e.type = 'TaskStarted' AND e.task_id = 'square'"
+    )["ex"].to_list()
+    assert executors == ["dask"]
