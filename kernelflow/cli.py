@@ -2,7 +2,7 @@
 
 Commands: ``run``, ``validate``, ``resume``, ``approve``/``reject``,
 ``history``, ``show``, ``logs``, ``stats``, ``sql``, ``dlq``, ``gc``,
-``metrics``. Read commands take ``--json`` for scripts (shapes in
+``metrics``, ``scheduler``, ``plugins``, ``doctor``. Read commands take ``--json`` for scripts (shapes in
 docs/cli.md); errors stay one line of text on stderr either way.
 
 Exit codes:
@@ -717,6 +717,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .scheduler_cli import add_parser as add_scheduler_parser
 
     add_scheduler_parser(sub)  # `kernelflow scheduler ...`: same exit codes and --json conventions
+    from .plugins_cli import add_parser as add_plugins_parser
+
+    add_plugins_parser(sub)  # `kernelflow plugins`: what is loaded and what each provides (docs/cli.md)
+    from .doctor import add_parser as add_doctor_parser
+
+    add_doctor_parser(sub)  # `kernelflow doctor`: store, executors, plugins, optional tools (docs/observability.md)
     return parser
 
 
