@@ -216,6 +216,10 @@ class _Driver:
     # --- the loop -------------------------------------------------------------------
 
     def drive(self) -> None:
+        with self.run._grouped():
+            self._drive()
+
+    def _drive(self) -> None:
         run, wf = self.run, self.wf
         if run._resume is not None:
             from .resume import restore
@@ -823,11 +827,17 @@ class _Driver:
         call = TaskCall(self.run.run_id, tid, attempt, bind(ctx, fn), kwargs, None if own else timeout, alone, ctx)
         self.running[key] = (attempt, None, meta)
         self.calls[id(call)] = key
+        run = self.run
+        run._flush()  # the attempt's side effects may follow at once
+        # An attempt run inline on this thread records its side effects directly.
+        holder, run._holder = run._holder, None
         try:
             handle = self.executor_for(tid).submit(call, self.report)
         except Exception as exc:  # noqa: BLE001 - a broken executor plugin fails this attempt, not the engine
             self.report(self.executor_broke(tid, call, exc))
             return
+        finally:
+            run._holder = holder
         if key in self.running and self.running[key][0] == attempt and self.running[key][1] is None:
             self.running[key] = (attempt, handle, meta)
         if timeout is not None and not own:
@@ -1256,6 +1266,7 @@ class _Driver:
                 if fn is None:
                     raise StepFailed(f"compensation {ref} was not found when the workflow was loaded")
                 available = {**self.kwargs_for(tid, None, None), tid: self.values.get(tid), "output": self.values.get(tid)}
+                self.run._flush()
                 fn(**_fit(fn, available))
             except Exception as exc:  # noqa: BLE001 - one failed undo must not stop the others
                 self.emit(ev.COMPENSATION_FAILED, tid, None, {"compensate": ref, "error": self.error_of(exc)})

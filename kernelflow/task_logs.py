@@ -3,9 +3,9 @@
 Tasks run on threads that share ``sys.stdout`` with the notebook, so the
 capture is routed by thread: while an attempt runs, writes from its thread go
 to that attempt's buffer *and* on to the real stream (the user still sees them
-in the cell). The router is installed only while some attempt captures and
-steps aside afterwards, so nothing of ours stays in ``sys.stdout`` between
-runs. Output of threads a task starts itself is not captured (it is still
+in the cell). The router is installed only while some attempt captures (or
+an executor holds it for a run, :func:`hold`) and steps aside afterwards, so
+nothing of ours stays in ``sys.stdout`` between runs. Output of threads a task starts itself is not captured (it is still
 printed).
 
 Only the tail is kept (:data:`KEEP_CHARS`): a log is for reading in the DAG's
@@ -17,8 +17,6 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, TextIO
 
 KEEP_CHARS = 8_000
@@ -85,7 +83,13 @@ _handler = _RecordHandler(logging.INFO)
 _handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
 
 
-def _install() -> None:
+def hold() -> None:
+    """Install the router (if it is not) and keep it until :func:`let_go`.
+
+    An executor that runs many attempts holds it for its lifetime, so each
+    attempt's capture costs a thread-local swap instead of replacing
+    ``sys.stdout``, ``sys.stderr`` and the root logger's handlers.
+    """
     global _active, _saved
     with _lock:
         _active += 1
@@ -95,7 +99,8 @@ def _install() -> None:
             logging.getLogger().addHandler(_handler)
 
 
-def _uninstall() -> None:
+def let_go() -> None:
+    """Undo one :func:`hold`; the last one puts the streams back."""
     global _active, _saved
     with _lock:
         _active -= 1
@@ -116,19 +121,22 @@ class Captured:
     truncated: bool = False
 
 
-@contextmanager
-def capture() -> Iterator[Captured]:
+class capture:  # noqa: N801 - used like the function it replaces: ``with capture() as out``
     """Capture what the current thread prints and logs until the block ends."""
-    result = Captured()
-    outer = getattr(_local, "buffer", None)  # a sub-workflow inline inside a task: nest
-    buffer = _Buffer()
-    _local.buffer = buffer
-    _install()
-    try:
-        yield result
-    finally:
-        _local.buffer = outer
-        _uninstall()
-        result.text, result.truncated = buffer.text()
+
+    __slots__ = ("_result", "_outer", "_buffer")
+
+    def __enter__(self) -> Captured:
+        self._result = Captured()
+        self._outer = getattr(_local, "buffer", None)  # a sub-workflow inline inside a task: nest
+        self._buffer = _local.buffer = _Buffer()
+        hold()
+        return self._result
+
+    def __exit__(self, *exc_info: object) -> None:
+        _local.buffer = outer = self._outer
+        let_go()
+        result = self._result
+        result.text, result.truncated = self._buffer.text()
         if outer is not None and result.text:
             outer.write(result.text)

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from kernelflow.executor_api import ExecutorSpec, TaskCall, TaskOutcome
 from kernelflow.plugins.hookspecs import hookimpl
+from kernelflow import task_logs
 from kernelflow.task_logs import capture
 
 _STOP = object()
@@ -55,9 +56,15 @@ class ThreadExecutor:
         self._workers: list[threading.Thread] = []
         self._idle = 0
         self._lock = threading.Lock()
+        self._holding_logs = False
 
     def submit(self, call: TaskCall, report: Callable[[TaskOutcome], None]) -> _Handle:
         handle = _Handle()
+        if not self._holding_logs:
+            # Keep the output router in place until shutdown instead of
+            # installing it around every attempt (most of a no-op task's cost).
+            task_logs.hold()
+            self._holding_logs = True
         if call.alone and call.timeout is None:
             # Nothing else can happen in this run until this attempt ends, and
             # no timeout needs watching: run it here. Handing it to a worker
@@ -97,6 +104,9 @@ class ThreadExecutor:
             report(outcome)
 
     def shutdown(self, wait: bool = False) -> None:
+        if self._holding_logs:
+            self._holding_logs = False
+            task_logs.let_go()
         for _ in self._workers:
             self._queue.put(_STOP)
         if wait:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 
 import polars as pl
@@ -323,3 +324,144 @@ def test_a_store_from_a_newer_kernelflow_is_refused(tmp_path, monkeypatch):
     with pytest.raises(kf.StoreVersionError, match="pip install -U kernelflow"):
         wf.run()
     assert sorted(p.name for p in folder.iterdir()) == ["store.json"]
+
+
+# --- group commit: events are written together, but always before what depends on them ---
+
+
+def _stored_types(run_id):
+    """What a second reader (another FolderStore on the same folder) finds on disk now."""
+    from kernelflow.store.folder import FolderStore
+
+    reader = FolderStore(kf.store_location())
+    try:
+        return [(e.type, e.task_id) for e in reader.read_run(run_id)]
+    finally:
+        reader.close()
+
+
+GROUPED = """
+seen = {}
+
+def a():
+    seen["a"] = _stored_types(kf.context().run_id)
+    return 1
+
+def b(a):
+    seen["b"] = _stored_types(kf.context().run_id)
+    return a + 1
+"""
+
+
+@pytest.mark.parametrize("timeout", [None, 30])
+def test_a_task_runs_only_after_its_scheduled_and_started_events_and_its_inputs_successes_are_stored(timeout):
+    ns: dict = {"kf": kf, "_stored_types": _stored_types}
+    exec(compile(GROUPED, "<grouped>", "exec"), ns)
+    # Without a timeout each attempt runs inline on the driving thread; with
+    # one, the thread executor hands it to a worker thread that watches it.
+    wf = kf.workflow("grouped", [kf.task(timeout=timeout)(ns["a"]), kf.task(timeout=timeout)(ns["b"])])
+    run = wf.run()
+    assert run.output == 2
+    assert ns["seen"]["a"] == [("RunStarted", None), ("TaskScheduled", "a"), ("TaskStarted", "a")]
+    assert ns["seen"]["b"] == [
+        ("RunStarted", None), ("TaskScheduled", "a"), ("TaskStarted", "a"), ("TaskSucceeded", "a"),
+        ("TaskScheduled", "b"), ("TaskStarted", "b"),
+    ]  # fmt: skip
+    # Everything the run recorded is stored by the time run() returns.
+    assert _stored_types(run.run_id) == [(t, tid) for t, tid in zip(run.events["type"], run.events["task_id"])]
+
+
+def test_a_side_effect_recorded_by_an_inline_task_is_stored_before_the_task_goes_on():
+    ns: dict = {"kf": kf, "_stored_types": _stored_types}
+    exec(compile(
+        "seen = []\n"
+        "def pay():\n"
+        "    kf.remember(lambda: 'charged')\n"
+        "    seen.extend(_stored_types(kf.context().run_id))\n"
+        "    return 'ok'\n",
+        "<pay>", "exec",
+    ), ns)  # fmt: skip
+    run = kf.workflow("pay", [ns["pay"]]).run()
+    assert run.output == "ok"
+    assert ns["seen"][-1] == ("SideEffectRecorded", "pay")
+
+
+def test_observers_see_only_events_that_are_already_stored():
+    checked = []
+
+    class Checker:
+        def on_events(self, run, events):
+            on_disk = len(_stored_types(run.run_id))
+            checked.append(all(e.seq < on_disk for e in events))
+
+        def on_finish(self, run):
+            pass
+
+    class Plugin:
+        @kf.hookimpl
+        def kernelflow_run_observers(self, run):
+            return [Checker()]
+
+    plugin = Plugin()
+    plugin_host.get_plugin_manager().register(plugin, name="stored-checker")
+    try:
+        wf, _ = define("observed", "def x():\n return 1\ndef y(x):\n return x\ndef z(y):\n return y\n")
+        assert wf.run().output == 1
+    finally:
+        plugin_host.get_plugin_manager().unregister(plugin)
+    assert checked and all(checked)
+
+
+def test_a_compensation_runs_after_its_started_event_is_stored():
+    seen = []
+
+    def undo(first):  # ``first`` returned its run id
+        seen.append(_stored_types(first)[-1])
+
+    @kf.task(compensate=undo)
+    def first():
+        return kf.context().run_id
+
+    def boom(first):
+        raise ValueError("no")
+
+    run = kf.workflow("saga_stored", [first, boom]).run(raise_on_failure=False)
+    assert run.status == "failed"
+    assert seen == [("CompensationStarted", "first")]
+
+
+# --- what tasks print and log ---
+
+
+def test_each_task_s_prints_and_log_records_land_in_its_own_logged_event_and_the_streams_are_given_back():
+    import logging
+    import sys
+
+    stdout, stderr, handlers = sys.stdout, sys.stderr, list(logging.getLogger().handlers)
+    wf, _ = define(
+        "chatty",
+        "import logging, sys\n"
+        "def left():\n"
+        "    print('left out'); print('left err', file=sys.stderr); logging.getLogger('etl').warning('left warns')\n"
+        "def right():\n"
+        "    print('right out')\n"
+        "def quiet(left, right):\n"
+        "    return 'done'\n"
+        "def fails(quiet):\n"
+        "    print('about to fail'); raise ValueError('x')\n",
+        max_parallel=2,
+    )
+    run = wf.run(raise_on_failure=False)
+    assert run.status == "failed"
+    texts = {
+        row["task_id"]: json.loads(row["payload"])["text"]
+        for row in run.events.filter(pl.col("type") == "TaskLogged").to_dicts()
+    }
+    assert texts == {
+        "left": "left out\nleft err\nWARNING etl: left warns\n",
+        "right": "right out\n",
+        "fails": "about to fail\n",
+    }
+    # Nothing of kernelflow's stays in the process's streams or the root logger.
+    assert (sys.stdout, sys.stderr) == (stdout, stderr)
+    assert list(logging.getLogger().handlers) == handlers
