@@ -98,7 +98,7 @@ def bind(ctx: TaskContext, fn: Callable[..., Any]) -> Callable[..., Any]:
             result = fn(**kwargs)
         finally:
             _CURRENT.reset(token)
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):  # None: most tasks, and cheap to rule out
             return _awaited_with(ctx, result)
         return result
 

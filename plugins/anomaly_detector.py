@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 from kernelflow import events as ev
 from kernelflow.alert_rules import AlertRules, Rule
+from kernelflow.anomaly_checks import MIN_EXCESS_S, check_duration, check_trend
 from kernelflow.events import Event
 from kernelflow.plugins.hookspecs import hookimpl
 from kernelflow.run import Run
@@ -97,8 +98,6 @@ class Detector:
                 self.history.note_attempt(self.workflow, self.version, tid, run.run_id, (e.ts - start) / 1e6, False, attempt=e.attempt)
 
     def _after_attempt(self, run: Run, tid: str, attempt: int, seconds: float) -> None:
-        from kernelflow.anomaly_checks import MIN_EXCESS_S, check_duration, check_trend
-
         if seconds < MIN_EXCESS_S:
             # The duration check needs the value to exceed its mean by MIN_EXCESS_S, so it cannot
             # fire; the trend check is judged on the same tasks (a slowdown that ends under 0.1 s

@@ -123,7 +123,7 @@ def run_attempt(call: TaskCall, inline: bool = False) -> TaskOutcome:
     with capture() as out:
         try:
             value = call.fn(**call.kwargs)
-            if inspect.isawaitable(value):
+            if value is not None and inspect.isawaitable(value):
                 value = asyncio.run(_await(value))
             error, tb = None, None
         except KeyboardInterrupt:
