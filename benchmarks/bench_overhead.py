@@ -10,8 +10,8 @@ What is measured (medians after warm-up, ``time.perf_counter``,
 ``gc.collect()`` before every repetition, the collector left on while timing):
 
 1. A chain of 1,000 no-op tasks (``t{i}`` takes ``t{i-1}``), run with
-   ``wf.run()``: events handed to the OS (the default) and fsync per event
-   (``KERNELFLOW_FSYNC=1``). Each mode gets a fresh store in a temp folder.
+   ``wf.run()``: events handed to the OS (the default) and fsynced
+   (``KERNELFLOW_FSYNC=1``, one fsync per write). Each mode gets a fresh store in a temp folder.
 2. A fan-out: one root and 1,000 children that take it, ``max_parallel=8``,
    no join task (a join would need a function with 1,000 parameters).
 3. Plain Python calling the same functions in the same order.
@@ -228,7 +228,7 @@ def bench_runs(workload: str, wf: Workflow, plain: Timing, fsync: bool, reps: in
         expected = (reps + warmup) * events_per_run
         if recorded != expected:
             raise RuntimeError(f"{workload}: the store holds {recorded} events, expected {expected}")
-    mode = "fsync per event" if fsync else "handed to the OS"
+    mode = "fsynced" if fsync else "handed to the OS"
     result = RunResult(workload, mode, tasks, events_per_run, timing, plain)
     print(
         f"  {workload:<26} {mode:<17} median {fmt(timing.median):>9}  "
@@ -407,7 +407,7 @@ def overhead_section(
     ok = worst.per_task < TARGET_PER_TASK_S
     chain_os = next(r for r in os_results if r.workload.startswith("chain"))
     fan_os = next(r for r in os_results if r is not chain_os)
-    fsync_results = [r for r in results if r.mode == "fsync per event"]
+    fsync_results = [r for r in results if r.mode == "fsynced"]
     lines = [
         OVERHEAD_HEADING,
         "",
@@ -426,8 +426,10 @@ def overhead_section(
         f"The chain is {N_TASKS:,} tasks, `t{{i}}` taking `t{{i-1}}`. The fan-out is one root and "
         f"{N_TASKS:,} children that take it ({N_TASKS + 1:,} tasks) with `max_parallel=8` and **no join "
         f"task** (a join would need one function with {N_TASKS:,} parameters). Every task records 3 events "
-        "(scheduled, started, succeeded) and the run 2 more, each one `os.write` to the store before "
-        "anything that depends on it happens. A sample is one `wf.run()` to completion, so it includes "
+        "(scheduled, started, succeeded) and the run 2 more. The engine hands them to the store in "
+        "groups: what it recorded since its last action goes in one `os.write` (and, fsynced, one "
+        "`fsync`) before the next action that could depend on it (starting an attempt, waiting, "
+        "notifying observers), so a chain task's 3 events cost one write. A sample is one `wf.run()` to completion, so it includes "
         "everything a user's call does (input checks, the workflow-registry lookup, the engine, "
         "the events). Warm-up runs come first (the first one creates the store and records the workflow "
         "definition) and are not timed; `gc.collect()` runs before every sample. After timing, the "
@@ -460,10 +462,12 @@ def overhead_section(
             "",
             f"fsync mode ran {fsync_results[0].timing.reps} timed runs per workload (after "
             f"{fsync_results[0].timing.warmup} warm-up) rather than {chain_os.timing.reps}, because each "
-            "run takes about a second, several when the disk is busy. A task costs "
+            "run takes a fraction of a second, several when the disk is busy. A task costs "
             f"{fmt(min(r.per_task for r in fsync_results))} – {fmt(max(r.per_task for r in fsync_results))} "
-            f"there, {fmt(min(per_event))} – {fmt(max(per_event))} per event, against "
-            f"{fmt(chain_os.per_task / 3)} per event in the default mode, so nearly all of it is fsync. "
+            f"there ({fmt(min(per_event))} – {fmt(max(per_event))} per event), against "
+            f"{fmt(chain_os.per_task)} in the default mode, so nearly all of it is fsync: one per chain "
+            "task (its 3 events go in one write); in the fan-out, one per attempt started, the "
+            "scheduled events of all children going in one write. "
             f"In the same temp folder a bare `os.write` + `os.fsync` of a 300-byte line in a tight loop costs "
             f"{fmt(raw['fsync_before'])} (median, measured just before the fsync runs) and "
             f"{fmt(raw['fsync_after'])} (just after); `os.write` alone {fmt(raw['write'])}. "

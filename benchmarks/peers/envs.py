@@ -47,7 +47,7 @@ ENGINES: dict[str, Engine] = {
     ),
     "kernelflow-fsync": Engine(
         "kernelflow-fsync",
-        "kernelflow, fsync per event",
+        "kernelflow, fsync on",
         (),
         "run_kernelflow.py",
         ("kernelflow",),

@@ -8,7 +8,7 @@
     python benchmarks/peers/run.py --engines plain,kernelflow,dbos   # a subset
 
 Engines: plain Python, kernelflow (events handed to the OS per event, and
-fsync per event), Hamilton, DBOS Transact (SQLite system database) and Prefect 3
+fsync on), Hamilton, DBOS Transact (SQLite system database) and Prefect 3
 (its default local setup: an ephemeral server with SQLite). Each peer runs in
 its own virtual environment under ``$KERNELFLOW_PEERS_DIR`` (default
 ``~/.cache/kernelflow-peers``), created on first use with pinned versions
@@ -328,9 +328,11 @@ def render(
         "renders it again from the raw results without measuring.",
         "",
         "What each engine does per step, as measured here: **kernelflow** writes 3 events per task "
-        "(scheduled, started, succeeded) and 2 per run to its store folder, each handed to the OS "
-        "(`os.write`) before anything that depends on it runs, which survives the process being killed; "
-        "the *fsync* row also fsyncs each event, which survives the machine losing power. "
+        "(scheduled, started, succeeded) and 2 per run to its store folder, handed to the OS "
+        "(`os.write`) before anything that depends on them runs, which survives the process being killed; "
+        "the engine groups what it records between two actions into one write, so a chain task's 3 events "
+        "cost one `os.write`. The *fsync* row also fsyncs each write (one `fsync` per chain task), which "
+        "survives the machine losing power. "
         "**DBOS** checkpoints each step's output in its SQLite system database, one transaction per step "
         "(the fan-out runs its children as workflows on a queue, DBOS's way to run steps concurrently). "
         "**Prefect** reports each task run's states to its local server (results are not persisted by "
@@ -470,7 +472,7 @@ def render(
     if "kernelflow-fsync" in engines and "dbos" in engines:
         notes.append(
             "For the same durability as DBOS (SQLite with `synchronous=FULL` syncs every commit), compare DBOS "
-            "with the *fsync* row: kernelflow fsyncs 3 events per task there, one `fsync` each."
+            "with the *fsync* row: kernelflow fsyncs each group of events there, one `fsync` per chain task."
         )
     if notes:
         lines += ["", "### Reading the numbers", ""] + [f"- {n}" for n in notes]

@@ -2,7 +2,7 @@
 
 The store is the folder in ``$KERNELFLOW_HOME`` (run.py makes one per engine and
 invocation, shared by that engine's processes, as a user's ``.kernelflow/``
-is). ``$KERNELFLOW_FSYNC=1`` turns fsync per event on. After timing, the runner
+is). ``$KERNELFLOW_FSYNC=1`` turns fsync on (one per write). After timing, the runner
 counts this process's runs and events in the store: each run must have
 recorded every event (3 per task, 2 per run); alerts the anomaly detector
 raised on them are counted apart.
