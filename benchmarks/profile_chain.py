@@ -53,7 +53,7 @@ PARTS: list[tuple[str, str, tuple[str, ...]]] = [
     ("store: segment writer", "store/segments.py", ()),
     ("store: segment writer", "store/folder.py", ()),
     ("recording: `Run._emit` (sequence, lock, group commit)", "kernelflow/run.py", ()),
-    ("event objects (frozen dataclass)", "<string>", ("__init__",)),
+    ("dataclass objects: events, task calls, outcomes", "<string>", ("__init__",)),
     ("reducer (folding each event into the run state)", "kernelflow/reducer.py", ()),
     ("anomaly detector (on by default)", "plugins/anomaly_detector.py", ()),
     ("anomaly detector (on by default)", "kernelflow/baselines.py", ()),
@@ -63,6 +63,8 @@ PARTS: list[tuple[str, str, tuple[str, ...]]] = [
     ("calling the task: thread executor, task context, print capture", "kernelflow/durable.py", ()),
     ("calling the task: thread executor, task context, print capture", "inspect.py", ()),
     ("engine bookkeeping: dependencies, arguments, scheduling", "kernelflow/engine.py", ()),
+    ("per run: the run's lease file (taken, unlinked, closed)", "store/leases.py", ()),
+    ("per run: the run's lease file (taken, unlinked, closed)", "<built-in>", ("close", "unlink", "open", "flock")),
     ("per run: input checks, registry, run set-up", "kernelflow/api.py", ()),
     ("per run: input checks, registry, run set-up", "kernelflow/model.py", ()),
 ]
