@@ -59,12 +59,11 @@ def compile_cell(
         text = cell_text if cell_text is not None else padded
         linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
 
-    tree, defs, assigned, static_tasks = check_structure(
+    tree, code, defs, assigned, static_tasks = check_structure(
         name, padded, filename, first_line, max_parallel=max_parallel, executor=executor
     )
     with gc_paused():
-        code = compile(tree, filename, "exec")
-        # The code object is independent of the tree now, so fingerprinting may
+        # The code object is independent of the tree, so fingerprinting may
         # strip docstrings in place: one pass, no copies.
         task_hashes, source_hash = _fingerprints(tree)
     try:
@@ -245,8 +244,15 @@ def _static_tasks(defs: dict[str, ast.FunctionDef | ast.AsyncFunctionDef], steps
             )
         positional = args.posonlyargs + args.args
         defaults: list[ast.expr | None] = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
-        params = [_param(a, d) for a, d in zip(positional, defaults)]
-        params += [_param(a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults)]
+        try:
+            params = [_param(a, d) for a, d in zip(positional, defaults)]
+            params += [_param(a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults)]
+        except RecursionError:  # ast.unparse recurses once per level of the default's expression
+            raise DefinitionError(
+                f"task {tid!r}: a parameter's default value nests too deeply to be recorded",
+                location=where,
+                hint="compute the default in a helper function and give the parameter a simple default",
+            ) from None
         check_not_self_dependent(tid, params, location=where)
         deps = tuple(p.name for p in params if p.name in defs or p.name in steps)
         tasks.append(Task(id=tid, params=tuple(params), deps=deps, line=node.lineno))
@@ -287,22 +293,42 @@ def _cell_line(exc: BaseException, filename: str) -> int | None:
 
 def check_structure(
     name: str, padded: str, filename: str, first_line: int, *, max_parallel: int = 8, executor: str = DEFAULT_EXECUTOR
-) -> tuple[ast.Module, dict[str, Any], dict[str, Any], list[Task]]:
+) -> tuple[ast.Module, types.CodeType, dict[str, Any], dict[str, Any], list[Task]]:
     """Every check of a Python cell body that needs no execution: syntax, tasks
     defined twice, no tasks, a workflow named like a task, and the wiring
-    (cycles, unknown dependencies). Returns the tree, the task ``def`` nodes, the
-    step assignments and the tasks as far as the source tells. Used by
-    :func:`compile_cell` before it runs anything and by ``kernelflow validate``.
+    (cycles, unknown dependencies). Returns the tree, its code, the task ``def``
+    nodes, the step assignments and the tasks as far as the source tells. Used
+    by :func:`compile_cell` before it runs anything and by ``kernelflow validate``.
     """
+    # Python reads CRLF as LF, but puts a block missing at the end of the cell one
+    # line further down than with LF: parse the cell as Python reads it.
+    padded = padded.replace("\r\n", "\n")
     try:
         tree = ast.parse(padded, filename)
+        # Some syntax errors only the compiler finds: 'return' or 'yield' outside
+        # a function, a duplicate argument, 'nonlocal' at the top level.
+        with gc_paused():
+            code = compile(tree, filename, "exec")
     except SyntaxError as exc:
         line = exc.lineno or first_line
-        code_line = (exc.text or "").strip()
+        # The compiler's errors carry no text: quote the line from the cell.
+        lines = padded.split("\n")
+        code_line = (exc.text or (lines[line - 1] if 0 < line <= len(lines) else "")).strip()
         raise DefinitionError(
             f"syntax error: {exc.msg}" + (f": {code_line}" if code_line else ""),
             location=f"cell line {line}",
             hint="fix the Python syntax on that line; nothing was defined",
+        ) from None
+    except (RecursionError, MemoryError) as exc:
+        # Python's parser gives up on expressions nested thousands deep without
+        # saying where; such an expression is all but certainly on the longest line.
+        lines = padded.split("\n")
+        longest = max(range(len(lines)), key=lambda i: len(lines[i])) + 1
+        raise DefinitionError(
+            f"Python cannot parse the cell: an expression nests too deeply ({type(exc).__name__} in its parser); "
+            f"the longest line is line {longest}",
+            location=f"cell line {longest}",
+            hint="split the deeply nested expression into several statements; nothing was defined",
         ) from None
 
     defs = _task_defs(tree)
@@ -334,4 +360,4 @@ def check_structure(
         static_steps = [Task(id=sid, params=(), deps=(), line=node.lineno) for sid, node in assigned.items()]
         # Validate the wiring before running anything (cycles, unknown deps, duplicates).
         Workflow.build(name, static_tasks + static_steps, max_parallel=max_parallel, executor=executor)
-    return tree, defs, assigned, static_tasks
+    return tree, code, defs, assigned, static_tasks

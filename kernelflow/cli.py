@@ -74,9 +74,15 @@ def _unknown_run(store: Any, run_id: str) -> str:
 
 
 def _since(args: argparse.Namespace) -> Any:
+    from .exceptions import InputError
     from .run_stats import parse_since
 
-    return parse_since(args.since) if getattr(args, "since", None) else None
+    if not getattr(args, "since", None):
+        return None
+    try:
+        return parse_since(args.since)
+    except OverflowError:  # an age of millions of years: before year 1
+        raise InputError(f"--since {args.since!r} reaches back further than dates go; give a shorter age or a date") from None
 
 
 def _run_dict(run: Any) -> dict[str, Any]:
@@ -107,6 +113,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if not target.is_file():
         print(f"error: notebook {target} not found", file=sys.stderr)
+        return EXIT_USAGE
+    problem = _notebook_problem(target)
+    if problem:
+        print(f"error: {target} is not a notebook papermill can run: {problem}; "
+              "save it from Jupyter (nbformat 4) and run it again", file=sys.stderr)  # fmt: skip
         return EXIT_USAGE
     from .exceptions import InputError
     from .notebook_exec import check_parameters
@@ -154,6 +165,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     if n_failed:
         print(f"note: {n_failed} run(s) failed and the notebook handled them", file=sys.stderr)
     return EXIT_OK
+
+
+def _notebook_problem(path: Path) -> str | None:
+    """Why ``path`` is not a notebook (not JSON, not nbformat 4), in one line; None if it is one."""
+    import nbformat
+
+    try:
+        nbformat.validate(nbformat.read(str(path), as_version=4))
+    except Exception as exc:  # noqa: BLE001 - nbformat raises JSON, schema, conversion and attribute errors
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return None
 
 
 def _execute_notebook(notebook: Path, output: Path, parameters: dict[str, Any], batch_id: str,
@@ -287,7 +309,8 @@ def cmd_history(args: argparse.Namespace) -> int:
     import polars as pl
 
     df = pl.DataFrame(rows).select(
-        "run_id", "workflow", "status", "started_at", pl.col("duration_s").round(3), "tasks",
+        # duration_s is all null when every run listed is still going: a null column cannot be rounded.
+        "run_id", "workflow", "status", "started_at", pl.col("duration_s").cast(pl.Float64).round(3), "tasks",
         pl.col("succeeded").alias("ok"), "failed", "skipped",
     )  # fmt: skip
     df = df.with_columns(pl.col("started_at").str.slice(0, 23).str.replace("T", " "))
@@ -459,12 +482,32 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_sql(args: argparse.Namespace) -> int:
     df = _store(args).sql(args.query)
     if args.json or args.format == "json":
-        print(df.write_json())
+        print(_as_text_columns(df, nested=False).write_json())
     elif args.format == "csv":
-        print(df.write_csv(), end="")
+        print(_as_text_columns(df, nested=True).write_csv(), end="")
     else:
         print(_table(df))
     return EXIT_OK
+
+
+def _as_text_columns(df: Any, *, nested: bool) -> Any:
+    """``df`` with the columns polars cannot write as JSON or CSV turned into text:
+    binary values (BLOB) as hex, and with ``nested`` (CSV) lists and structs as JSON."""
+    import json
+
+    import polars as pl
+
+    def text(value: Any) -> str | None:
+        if value is None or isinstance(value, bytes):
+            return None if value is None else value.hex()
+        return json.dumps(value, ensure_ascii=False, default=lambda v: v.hex() if isinstance(v, bytes) else str(v))
+
+    columns = [
+        pl.Series(name, [text(v) for v in df[name].to_list()], dtype=pl.String)
+        for name, dtype in df.schema.items()
+        if "binary" in str(dtype).lower() or (nested and dtype.is_nested())
+    ]
+    return df.with_columns(columns) if columns else df
 
 
 def _run_yaml(args: argparse.Namespace, target: Path) -> int:
@@ -557,6 +600,9 @@ def cmd_gc(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: --older-than: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OverflowError:  # more days than a timedelta holds
+        print(f"error: --older-than: {args.older_than!r} is longer than dates go; give a shorter age", file=sys.stderr)
+        return EXIT_USAGE
     store = _store(args)
     if not isinstance(store, FolderStore):
         print(f"error: gc works on kernelflow's folder store, not on {type(store).__name__}", file=sys.stderr)
@@ -605,6 +651,29 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number from 1 to 2**63 - 1, what SQL's LIMIT takes
+    (argparse names the option and exits 2 otherwise)."""
+    try:
+        value: int | None = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 1 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a number of seconds > 0 (not nan, not infinite)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds greater than 0, got {text!r}")
+    return value
+
+
 JSON_HELP = "print JSON for scripts (shape in docs/cli.md)"
 SINCE_HELP = "only runs started since AGE ago (2h, 3d, 90m, 2w, 45s) or since an ISO date/time (UTC)"
 
@@ -636,7 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workflow", help="only this workflow")
     p.add_argument("--status", choices=["running", "waiting", "succeeded", "failed"], help="only runs in this status")
     p.add_argument("--since", metavar="AGE|DATE", help=SINCE_HELP)
-    p.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    p.add_argument("--limit", type=positive_int, default=20, help="how many (default 20)")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_history)
 
@@ -650,7 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task", nargs="?", help="only this task")
     p.add_argument("-f", "--follow", action="store_true",
                    help="keep printing until the run ends (exit code by its final status)")
-    p.add_argument("--interval", type=float, default=FOLLOW_INTERVAL_S, metavar="SECONDS",
+    p.add_argument("--interval", type=positive_seconds, default=FOLLOW_INTERVAL_S, metavar="SECONDS",
                    help=f"--follow: how often to read the store (default {FOLLOW_INTERVAL_S})")
     p.add_argument("--json", action="store_true", help="one JSON object per entry and line (shape in docs/cli.md)")
     p.set_defaults(func=cmd_logs)

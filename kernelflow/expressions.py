@@ -417,6 +417,10 @@ def _resolve(ref: Ref, ctx: Mapping[str, Any], expression: str, location: Locati
                 value = getattr(value, key)
             except AttributeError:
                 raise fail(_missing(ref, i, value)) from None
+            except Exception as exc:  # a property of the user's object that fails
+                raise fail(
+                    f"reading {key!r} of {_prefix(ref, i)} (a {_type_name(value)}) raised {type(exc).__name__}: {exc}"
+                ) from exc
     return value
 
 
@@ -455,10 +459,19 @@ class Template:
             return _resolve(self.refs[0], ctx, self.text, self.location)
         if not self.refs:
             return self.text
-        return "".join(
-            part if isinstance(part, str) else _to_text(_resolve(part, ctx, self.text, self.location))
-            for part in self.parts
-        )
+        return "".join(part if isinstance(part, str) else self._as_text(part, ctx) for part in self.parts)
+
+    def _as_text(self, ref: Ref, ctx: Mapping[str, Any]) -> str:
+        value = _resolve(ref, ctx, self.text, self.location)
+        try:
+            return _to_text(value)
+        except Exception as exc:  # a value whose __str__ fails
+            raise EvaluationError(
+                f"{{{{{ref.text}}}}}: cannot write {_describe(value)} into the text: {type(exc).__name__}: {exc}",
+                expression=self.text,
+                ref=ref.text,
+                location=_location_at(self.location, ref.column),
+            ) from exc
 
 
 @lru_cache(maxsize=4096)

@@ -133,6 +133,7 @@ def unschedule(name: str, *, store: str | os.PathLike[str] | None = None) -> Non
     Runs it started go on. Schedules declared in a YAML file's ``schedule:``
     are not registrations: remove them from the file.
     """
+    check_name(name)  # the name is a file name in the store: nothing else can be registered
     _, files = _files(store)
     if not files.unregister(name):
         known = sorted(files.registrations())

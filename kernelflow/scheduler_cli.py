@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from .cli import positive_int
 from .exceptions import KernelflowError
 from .literals import parse_literal
 
@@ -359,7 +360,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     p = sub.add_parser("history", help="triggers, newest first: what fired when, and how it ended")
     p.add_argument("--schedule", help="only this schedule")
-    p.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    p.add_argument("--limit", type=positive_int, default=20, help="how many (default 20)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_history)
 

@@ -56,6 +56,8 @@ OVERLAP_POLICIES = ("skip", "queue", "allow")
 MISSED_POLICIES = ("skip", "catch_up")
 TARGET_SUFFIXES = (".yaml", ".yml", ".ipynb")
 MAX_CATCH_UP_LIMIT = 100
+MAX_EVERY_S = 100 * 365 * 86400.0
+"""The longest ``every`` interval (about 100 years): fire times must stay within the calendar."""
 """``max_catch_up`` is bounded: a long outage must not start hundreds of runs at once."""
 
 # Keys of a spec as written (YAML, kf.schedule, stored registrations) -> canonical name.
@@ -493,6 +495,8 @@ def parse_schedule(
             raise _fail(label, str(exc), "every takes a positive duration: 30s, 15m, 2h, 1d", loc("every")) from None
         if round(seconds * 1_000_000) <= 0:
             raise _fail(label, f"every must be greater than zero, got {every!r}", "every: 1s or more", loc("every"))
+        if seconds > MAX_EVERY_S:
+            raise _fail(label, f"every must be at most 100 years, got {every!r}", "every: 1d, 1w or 30d", loc("every"))
     tz = check_timezone(values.get("timezone", "UTC"), label, loc("timezone"))
     inputs = _check_inputs(values.get("inputs"), label, loc("inputs"))
     overlap = _check_choice("overlap", values.get("overlap", "skip"), OVERLAP_POLICIES, label, loc("overlap"))

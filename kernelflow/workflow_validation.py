@@ -202,7 +202,7 @@ def check_python_structure(name: str, body: str, *, first_line: int = 2) -> int:
 
     if not name.isidentifier():
         raise DefinitionError(f"workflow name must be a Python identifier, got {name!r}", location="cell line 1")
-    _tree, _defs, assigned, static = check_structure(name, "\n" * (first_line - 1) + body, "<cell>", first_line)
+    _tree, _code, _defs, assigned, static = check_structure(name, "\n" * (first_line - 1) + body, "<cell>", first_line)
     return len(static) + len(assigned)
 
 

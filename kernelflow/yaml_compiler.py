@@ -88,6 +88,8 @@ _TIMESTAMP = _TAG + "timestamp"
 _STR = _TAG + "str"
 _MERGE = _TAG + "merge"
 
+_ALERTS_HINT = "e.g. alerts: {error_rate: {rate: 0.3}, channels: [ops]}; docs/alerts.md lists every check and setting"
+_RECURSIVE_HINT = "an alias (*name) cannot stand inside what it names: copy the values there instead"
 _YAML_HINT = "fix the YAML on that line: indent with spaces, and quote values that contain ': ', '#', '{{' or start with '@' or '`'"
 
 
@@ -205,7 +207,7 @@ class _Builder:
         key given twice is an error naming both lines.
         """
         if id(node) in self._active:
-            raise _Error("an alias refers to the mapping that contains it (a recursive structure)", node)
+            raise _Error("an alias refers to the mapping that contains it (a recursive structure)", node, _RECURSIVE_HINT)
         self._active.add(id(node))
         try:
             explicit: list[tuple[Any, Node, Node]] = []
@@ -253,7 +255,7 @@ class _Builder:
                     parent,
                     'quote templates: "{{inputs.date}}"',
                 )
-            raise _Error(f"keys must be text, got {_describe(node)}", node)
+            raise _Error(f"keys must be text, got {_describe(node)}", node, "write each key as plain text, e.g. id: fetch")
         key = self.scalar(node)
         if isinstance(key, str):
             return key
@@ -290,11 +292,11 @@ class _Builder:
         """The plain Python value (dict, list, str, int, float, bool, None) of a node."""
         aliased = self._count_alias(node, aliased)
         if depth > MAX_NESTING:
-            raise _Error(f"values nest deeper than {MAX_NESTING} levels (through aliases)", node)
+            raise _Error(f"values nest deeper than {MAX_NESTING} levels (through aliases)", node, "flatten the structure, or use fewer nested aliases")
         if isinstance(node, ScalarNode):
             return self.scalar(node)
         if id(node) in self._active:
-            raise _Error("an alias refers to the collection that contains it (a recursive structure)", node)
+            raise _Error("an alias refers to the collection that contains it (a recursive structure)", node, _RECURSIVE_HINT)
         if isinstance(node, SequenceNode):
             if node.tag != _TAG + "seq":
                 raise _Error(f"the YAML tag {_tag(node)} is not supported here", node, "remove the tag")
@@ -329,7 +331,9 @@ class _Builder:
         try:
             value = self.constructor.construct_object(node)
         except Exception as exc:  # noqa: BLE001 - PyYAML raises ValueError etc. for `!!int abc`
-            raise _Error(f"cannot read {node.value!r} as {_tag(node)}: {exc}", node) from None
+            raise _Error(
+                f"cannot read {node.value!r} as {_tag(node)}: {exc}", node, f"remove the tag {_tag(node)}, or write a value of that type"
+            ) from None
         if isinstance(value, int) and not isinstance(value, bool) and not -_INT64 <= value < _INT64:
             raise _Error(
                 f"the number {node.value} is too large (whole numbers must fit in 64 bits)",
@@ -429,7 +433,9 @@ def _compile(
     # The line the name comes from: the magic line of a cell, else the top of the file.
     header = f"{origin} line {max(first_line - 1, 1)}"
     if not isinstance(text, str):
-        raise DefinitionError(f"a YAML workflow must be text, got {type(text).__name__}", location=header)
+        raise DefinitionError(
+            f"a YAML workflow must be text, got {type(text).__name__}", location=header, hint="pass the YAML document as a str"
+        )
     try:
         # A large document makes ~10 small objects a value; the cyclic collector's
         # passes over them would cost more than the parse and free nothing.
@@ -530,7 +536,11 @@ def _from_root(
                 "max_foreach_depth, max_subworkflow_depth, alerts, schedule",
             )
         if canonical in top:
-            raise _Error(f"{key!r} repeats {canonical!r}, given already on line {where.line_of(top[canonical][0])}", key_node)
+            raise _Error(
+                f"{key!r} repeats {canonical!r}, given already on line {where.line_of(top[canonical][0])}",
+                key_node,
+                f"{key!r} and {canonical!r} are the same key: keep one of them",
+            )
         top[canonical] = (key_node, value_node)
     doc: dict[str, Any] = {}  # the document as values, for the source hash
 
@@ -587,14 +597,18 @@ def _from_root(
             value = build.value(node)
             doc[key] = value
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise _Error(f"{key} must be a whole number >= 1, got {value!r}", node)
+                raise _Error(f"{key} must be a whole number >= 1, got {value!r}", node, f"e.g. {key}: 4")
             settings[key] = value
     if "executor" in top:
         node = top["executor"][1]
         value = build.value(node)
         doc["executor"] = value
         if not isinstance(value, str) or not value:
-            raise _Error(f"executor must be an executor name such as 'threads', got {value!r}", node)
+            raise _Error(
+                f"executor must be an executor name such as 'threads', got {value!r}",
+                node,
+                "executor: threads (or processes, or the name a plugin registers)",
+            )
         settings["executor"] = value
     if max_parallel is not None:
         settings["max_parallel"] = max_parallel  # the magic's flag wins over the document
@@ -686,7 +700,7 @@ def _from_root(
         try:
             rules = payload_rules(build.value(value_node), where="", task_ids=tuple(ids))
         except DefinitionError as exc:
-            raise _relocated(exc, where.node(key_node)) from None
+            raise _relocated(exc, where.node(key_node), default_hint=_ALERTS_HINT) from None
         set_rules(name, rules)
     from . import catalog
 
@@ -771,7 +785,11 @@ def read_schedules(
         try:
             text = Path(path).read_bytes().decode("utf-8-sig")
         except OSError as exc:
-            raise DefinitionError(f"cannot read workflow file {origin!r}: {exc.strerror or exc}", location=origin) from None
+            raise DefinitionError(
+                f"cannot read workflow file {origin!r}: {exc.strerror or exc}",
+                location=origin,
+                hint="check that it is a readable file",
+            ) from None
         except UnicodeDecodeError:
             raise DefinitionError("the file is not UTF-8 text", location=origin, hint="save the file as UTF-8") from None
         target = path if target is None else target
@@ -794,7 +812,7 @@ def read_schedules(
         raise DefinitionError(exc.message, location=location, hint=exc.hint) from None
     except _TooDeep as exc:
         raise DefinitionError(f"the YAML nests more than {MAX_NESTING} levels deep",
-                              location=where.at(exc.mark.line, exc.mark.column)) from None  # fmt: skip
+                              location=where.at(exc.mark.line, exc.mark.column), hint="flatten the structure") from None  # fmt: skip
     except yaml.YAMLError as exc:
         raise _yaml_error(exc, text, where) from None
 
@@ -1013,14 +1031,15 @@ def _did_you_mean(name: str, candidates: Any) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _relocated(exc: DefinitionError, location: str) -> DefinitionError:
-    """The same error, placed at ``location``."""
+def _relocated(exc: DefinitionError, location: str, *, default_hint: str | None = None) -> DefinitionError:
+    """The same error, placed at ``location`` (with ``default_hint`` if it has no hint of its own)."""
+    hint = exc.hint or default_hint
     if isinstance(exc, CycleError):
-        return CycleError(exc.cycle, location=location, hint=exc.hint)
+        return CycleError(exc.cycle, location=location, hint=hint)
     try:
-        return type(exc)(exc.message, location=location, hint=exc.hint)
+        return type(exc)(exc.message, location=location, hint=hint)
     except TypeError:  # a subclass with another signature
-        return DefinitionError(exc.message, location=location, hint=exc.hint)
+        return DefinitionError(exc.message, location=location, hint=hint)
 
 
 def _source_hash(doc: Mapping[str, Any], text: str) -> str:
@@ -1130,7 +1149,8 @@ def looks_like_yaml(body: str) -> bool:
                 continue
             first = line
             break
-        if first is None or not _FIRST_KEY.match(first) or not _TASKS_KEY.search(body):
+        # Windows line endings: `$` in _TASKS_KEY does not match before "\r\n".
+        if first is None or not _FIRST_KEY.match(first) or not _TASKS_KEY.search("\n".join(body.splitlines())):
             return False
         import ast
 

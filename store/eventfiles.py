@@ -180,6 +180,24 @@ def maintenance(layout: Layout, *, blocking: bool = True) -> Iterator[bool]:
 # --- describing files ---------------------------------------------------------------------
 
 
+def damage_message(exc: BaseException) -> str | None:
+    """DuckDB's one-line message if ``exc``, raised while reading an events
+    file, says that a file's content is damaged; None for trouble that says
+    nothing about the file (interrupted, out of memory, a failing disk, too
+    many open files), which callers let propagate."""
+    if isinstance(exc, UnicodeDecodeError):
+        # DuckDB quoted undecodable bytes of the file in its message; Python could not decode the message.
+        return f"a damaged value (DuckDB's message about it was not UTF-8: {exc.reason})"
+    text = str(exc).split("\n")[0]
+    # The plain duckdb.Error class is what the Parquet reader's own decoding errors become
+    # ("TProtocolException: Invalid data", "don't know what type", "Out of buffer").
+    if isinstance(exc, duckdb.InvalidInputException) or type(exc) is duckdb.Error:
+        return text
+    if isinstance(exc, duckdb.IOException) and "Could not read enough bytes" in text:
+        return text  # the footer points past the end of the file: the file's fault, not the disk's
+    return None
+
+
 @dataclass(frozen=True)
 class FileInfo:
     path: Path
@@ -214,12 +232,15 @@ def describe(con: duckdb.DuckDBPyConnection, paths: list[Path]) -> tuple[list[Fi
             kv = con.execute(
                 f"SELECT decode(key), decode(value) FROM parquet_kv_metadata({quote(path)})"
             ).fetchall()
-        except duckdb.InvalidInputException as exc:
-            # Not a Parquet file (any more): truncated, garbage, no footer.
+        except (duckdb.Error, UnicodeDecodeError) as exc:
+            # Not a Parquet file (any more): truncated, garbage, a damaged footer.
             # Other errors (interrupted, I/O, too many open files) say
             # nothing about the file and propagate.
+            message = damage_message(exc)
+            if message is None:
+                raise
             if path.exists():
-                damaged.append((path, str(exc).split("\n")[0]))
+                damaged.append((path, message))
             continue
         info = FileInfo(path, int(rows), (EVENTS_FORMAT_KEY, EVENTS_FORMAT) in kv)
         if len(_info_cache) > 100_000:  # entries of files long merged away
@@ -235,19 +256,41 @@ def unreadable(con: duckdb.DuckDBPyConnection, path: Path) -> str | None:
     cols = "event_id, run_id, seq, ts, type, workflow, workflow_version, task_id, attempt, payload, actor"
     try:
         con.execute(f"SELECT count(*) FROM read_parquet({quote(path)}) WHERE hash({cols}) IS NOT NULL").fetchall()
-    except duckdb.InvalidInputException as exc:
-        return str(exc).split("\n")[0]
+    except (duckdb.Error, UnicodeDecodeError) as exc:
+        message = damage_message(exc) or _schema_damage(exc)
+        if message is None:
+            raise
+        return message
     return None
 
 
-def damaged_file_in(exc: BaseException, paths: Iterable[Path]) -> Path | None:
-    """The file among ``paths`` that DuckDB's error names as unreadable, if any."""
-    if not isinstance(exc, duckdb.InvalidInputException):
+def _schema_damage(exc: BaseException) -> str | None:
+    """Reading the events columns of one file, a binder error means the file does not
+    have them: its schema is damaged (a column name with a flipped bit, say)."""
+    if isinstance(exc, duckdb.BinderException):
+        return "its columns are not those of an events file: " + str(exc).split("\n")[0]
+    return None
+
+
+def damaged_file_in(
+    exc: BaseException, paths: Iterable[Path], con: duckdb.DuckDBPyConnection
+) -> tuple[Path, str] | None:
+    """The file among ``paths`` that made ``exc`` (a read of all of them) fail
+    because it is damaged, and why, if any: the one DuckDB's message names,
+    else (the Parquet reader's decoding errors name no file) the first that
+    cannot be read through."""
+    message = damage_message(exc) or _schema_damage(exc)
+    if message is None:
         return None
-    text = str(exc)
+    paths = [p for p in paths if p.exists()]
+    text = "" if isinstance(exc, UnicodeDecodeError) else str(exc)
     for path in paths:
-        if str(path) in text and path.exists():
-            return path
+        if str(path) in text:
+            return path, message
+    for path in paths:
+        error = unreadable(con, path)
+        if error is not None:
+            return path, error
     return None
 
 
@@ -325,12 +368,13 @@ def merge(layout: Layout, con: duckdb.DuckDBPyConnection, sources: list[Path]) -
         try:
             rows = write_events_file(con, parquet_records_sql(sources), target) if sources else 0
             break
-        except duckdb.InvalidInputException as exc:
-            bad = damaged_file_in(exc, sources)
-            if bad is None:
+        except (duckdb.Error, UnicodeDecodeError) as exc:
+            found = damaged_file_in(exc, sources, con)
+            if found is None:
                 raise
             # A source whose footer reads but whose rows do not: put it aside, merge the rest.
-            quarantine_parquet(layout, bad, str(exc).split("\n")[0])
+            bad, error = found
+            quarantine_parquet(layout, bad, error)
             sources.remove(bad)
     for path in sources:
         _unlink_quietly(path)

@@ -84,7 +84,7 @@ def segment_records_sql(paths: list[Path]) -> str:
     ``ignore_errors`` turns a line that is not a JSON object (a torn last line
     of a killed writer, or garbage) into an all-NULL row, which the filter
     drops, as it drops a JSON object that is not an event (no ``event_id``,
-    ``run_id``, ``seq`` or ``type``); every other line is read as written.
+    ``run_id``, ``seq``, ``ts`` or ``type``); every other line is read as written.
     Empty lines produce no row at all.
     """
     columns = "{" + ", ".join(f"{quote(c)}: {quote(t)}" for c, t in COLUMN_TYPES.items()) + "}"
@@ -95,8 +95,9 @@ def segment_records_sql(paths: list[Path]) -> str:
     )
 
 
-GOOD_ROW = "event_id IS NOT NULL AND run_id IS NOT NULL AND seq IS NOT NULL AND type IS NOT NULL"
-"""What a segment line must have to be an event (others are counted as damaged)."""
+GOOD_ROW = "event_id IS NOT NULL AND run_id IS NOT NULL AND seq IS NOT NULL AND ts IS NOT NULL AND type IS NOT NULL"
+"""What a segment line must have to be an event (others are counted as damaged); an
+event without its time cannot be read back (``Event.from_dict``) nor placed in time."""
 
 
 def parquet_records_sql(paths: list[Path]) -> str:

@@ -27,7 +27,7 @@ from .layout import Layout, utc_iso_now, write_atomic
 
 QUARANTINE = "quarantine"
 NOTE_SUFFIX = ".txt"
-REQUIRED = ("event_id", "run_id", "seq", "type")
+REQUIRED = ("event_id", "run_id", "seq", "ts", "type")  # as formats.GOOD_ROW
 
 
 class StoreDamageWarning(RuntimeWarning):

@@ -52,7 +52,7 @@ import duckdb
 from kernelflow.exceptions import StoreError
 
 from . import statuses
-from .eventfiles import replaced_stems
+from .eventfiles import damage_message, replaced_stems, unreadable
 from .formats import (
     RAW_COLUMNS,
     empty_raw_sql,
@@ -175,6 +175,8 @@ class QueryEngine:
         """merged file -> the stems it replaces (never changes)"""
         self._bad: dict[str, tuple[tuple[int, int, int], str]] = {}
         """Parquet path -> (its (inode, size, mtime) when found damaged, DuckDB's message)"""
+        self._sound: dict[str, tuple[int, int, int]] = {}
+        """Parquet path -> its (inode, size, mtime) when read through without error"""
         self._problems: dict[str, Problem] = {}
         """file name -> what was reported (once) about it"""
         self._problems_lock = threading.Lock()
@@ -237,9 +239,9 @@ class QueryEngine:
             self._refresh(conn)
             try:
                 return fn()
-            except duckdb.Error as exc:
+            except (duckdb.Error, UnicodeDecodeError) as exc:
                 last_exc = exc
-                if self._file_trouble(exc):
+                if self._file_trouble(exc) or self._damaged_among(conn, conn.parquet_key or (), exc):
                     time.sleep(0.001 * attempt)
                     continue  # a file was damaged (now left out) or went away: read again
                 if repair and not repaired and self._repair_views(conn):
@@ -264,9 +266,44 @@ class QueryEngine:
             st = path.stat()
         except FileNotFoundError:
             return True  # merged or removed since listed: list again
-        if not isinstance(exc, duckdb.InvalidInputException):
+        message = damage_message(exc)
+        if message is None:
             return False  # I/O trouble, an interrupt: nothing wrong with the file itself
-        message = str(exc).split("\n")[0]
+        self._leave_out(path, st, message)
+        return True
+
+    def _damaged_among(self, conn: _Connection, paths: Sequence[str], exc: BaseException | None = None) -> bool:
+        """If DuckDB failed as a damaged file makes it fail, but named no file (the
+        Parquet reader's decoding errors do not): read each of ``paths`` through,
+        leave out those that cannot be read, and say whether there were any.
+        Without ``exc`` (our own statements failed, not a user's query) the files
+        are read whatever the error. A file read through once is not read again
+        until it changes."""
+        if exc is not None and damage_message(exc) is None:
+            return False
+        found = False
+        for name in paths:
+            path = Path(name)
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                found = True  # merged or removed since listed: list again
+                continue
+            key = (st.st_ino, st.st_size, st.st_mtime_ns)
+            if self._sound.get(name) == key or self._excluded(name):
+                continue
+            try:
+                message = unreadable(conn.con, path)
+            except duckdb.Error:
+                continue  # trouble that says nothing about its content (I/O, an interrupt)
+            if message is None:
+                self._sound[name] = key
+            else:
+                self._leave_out(path, st, message)
+                found = True
+        return found
+
+    def _leave_out(self, path: Path, st: os.stat_result, message: str) -> None:
         self._bad[str(path)] = ((st.st_ino, st.st_size, st.st_mtime_ns), message)
         self._report(
             Problem(
@@ -276,7 +313,6 @@ class QueryEngine:
                 "to quarantine/), then restore it from a backup if you have one",
             )
         )
-        return True
 
     def damaged_files(self) -> list[Path]:
         """Parquet files this handle found damaged and leaves out."""
@@ -323,7 +359,7 @@ class QueryEngine:
             elif not name.endswith(NOTE_SUFFIX):
                 self._report(problem)
 
-    def _query_error(self, exc: duckdb.Error) -> StoreError:
+    def _query_error(self, exc: BaseException) -> StoreError:
         text = str(exc)
         if str(self.layout.root) in text:
             # DuckDB names the file: one of ours is damaged or was removed by hand.
@@ -450,8 +486,10 @@ class QueryEngine:
                 return
             except _Vanished as exc:
                 last_exc = exc  # compacted since listed: its Parquet file is there now
-            except duckdb.Error as exc:
-                if self._file_trouble(exc):
+            except (duckdb.Error, UnicodeDecodeError) as exc:
+                # Binding the views reads every file's schema: one damaged there fails it with
+                # any kind of error (a column name with a flipped bit makes it a binder error).
+                if self._file_trouble(exc) or self._damaged_among(conn, listing.parquet):
                     last_exc = exc
                     continue
                 vanished = [p for p in listing.parquet + listing.workflows if not os.path.exists(p)]

@@ -98,3 +98,55 @@ def test_task_tracebacks_quote_the_cell_line():
     assert 'File "<workflow tb>", line 6, in b' in tb
     assert "raise ValueError('bad ' + str(a))" in tb
     assert "kernelflow" not in tb.split("line 6")[0]  # no engine frames above the user's
+
+
+# --- found by fuzzing (tests/test_fuzz.py) ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body, line, message",
+    [
+        # Errors only Python's compiler finds (ast.parse accepts these): they escaped as SyntaxError.
+        ("def a():\n    pass\nreturn 1\n", 4, "'return' outside function: return 1"),
+        ("def a():\n    pass\nx = yield 2\n", 4, "'yield' outside function"),
+        ("def a(x, x):\n    pass\n", 2, "duplicate argument 'x'"),
+        ("def a():\n    pass\nnonlocal n\n", 4, "nonlocal declaration not allowed at module level"),
+    ],
+)
+def test_syntax_errors_found_by_the_compiler_name_the_line(body, line, message):
+    ns: dict = {}
+    with pytest.raises(kf.DefinitionError, match=message) as err:
+        compile_cell("wf", body, ns)
+    assert err.value.location == f"cell line {line}"
+    assert "fix the Python syntax" in err.value.hint
+    assert "a" not in ns  # found before the cell ran
+
+
+@pytest.mark.parametrize("nesting", ["-", "not ", "1+", "lambda: "])
+def test_an_expression_too_deep_for_pythons_parser_is_a_definition_error(nesting):
+    # ast.parse raised MemoryError or RecursionError, which escaped the compiler.
+    body = "def a():\n    pass\n\nx = " + nesting * 100_000 + "1\n"
+    with pytest.raises(kf.DefinitionError, match="nests too deeply") as err:
+        compile_cell("wf", body, {})
+    assert err.value.location == "cell line 5"  # the longest line
+    assert "split the deeply nested expression" in err.value.hint
+
+
+def test_a_default_too_deep_to_record_is_a_definition_error():
+    # Python parses and compiles it, but ast.unparse (recording the default) recursed out.
+    body = "def a():\n    pass\n\ndef b(a, n=" + "-" * 500 + "1):\n    return n\n"
+    with pytest.raises(kf.DefinitionError, match="task 'b': a parameter's default value nests too deeply") as err:
+        compile_cell("wf", body, {})
+    assert err.value.location == "cell line 5"
+    assert err.value.hint
+
+
+def test_windows_line_endings_give_the_same_workflow_and_errors():
+    crlf = BODY.replace("\n", "\r\n")
+    assert compile_cell("etl", crlf, {}).version == compile_cell("etl", BODY, {}).version
+    # A def without a body at the end of the cell: Python put it one line past the cell with CRLF.
+    unfinished = "def a():\n    pass\n\ndef b(a):\n"
+    for body in (unfinished, unfinished.replace("\n", "\r\n")):
+        with pytest.raises(kf.DefinitionError, match="expected an indented block") as err:
+            compile_cell("wf", body, {})
+        assert err.value.location == "cell line 5"

@@ -1,7 +1,8 @@
-"""`kernelflow history | show | sql` against a real store, as subprocesses."""
+"""`kernelflow history | show | sql` against a real store, as subprocesses; usage errors in-process."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -123,3 +124,100 @@ def test_run_a_yaml_file_with_parameters_and_exit_codes(tmp_path, kernelflow_hom
     assert f"{broken} line 4, column 11" in res.stderr and "argv must be a list" in res.stderr
     missing = cli("run", str(tmp_path / "nope.yaml"), home=kernelflow_home)
     assert missing.returncode == 2 and "not found" in missing.stderr
+
+
+# --- found by fuzzing (tests/test_fuzz.py): bad command lines end in a one-line error -------
+
+
+def main_in_process(*argv: str) -> int:
+    """``kernelflow ARGV`` here (fast); argparse's usage errors exit through SystemExit."""
+    from kernelflow.cli import main
+
+    try:
+        return main(list(argv))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
+@pytest.mark.parametrize("content", ["not a notebook", "{}", '{"cells": 3}'])
+def test_run_a_file_that_is_not_a_notebook(tmp_path, monkeypatch, capsys, content):
+    # nbformat's errors escaped as tracebacks once papermill had started.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "broken.ipynb").write_text(content)
+    assert main_in_process("run", "broken.ipynb") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: broken.ipynb is not a notebook papermill can run: ") and "Traceback" not in err
+    assert "papermill (parameters" not in err  # refused before starting it
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        # Once a DuckDB "LIMIT/OFFSET cannot be negative" or INT64 conversion error, exit 1.
+        (["history", "--limit", "-5"], "argument --limit: must be a whole number >= 1, got '-5'"),
+        (["history", "--limit", "0"], "argument --limit: must be a whole number >= 1, got '0'"),
+        (["history", "--limit", "99999999999999999999"], "argument --limit: must be a whole number >= 1"),
+        (["scheduler", "history", "--limit", "-1"], "argument --limit: must be a whole number >= 1, got '-1'"),
+        # Accepted once, then time.sleep() raised ValueError while following a running run.
+        (["logs", "r-1", "--follow", "--interval", "nan"], "argument --interval: must be a number of seconds greater than 0"),
+        (["logs", "r-1", "--follow", "--interval", "-1"], "argument --interval: must be a number of seconds greater than 0"),
+        # OverflowError from datetime and timedelta arithmetic.
+        (["history", "--since", "99999999d"], "error: --since '99999999d' reaches back further than dates go"),
+        (["stats", "--since", "9" * 40 + "s"], "reaches back further than dates go"),
+        (["gc", "--older-than", "99999999999d"], "error: --older-than: '99999999999d' is longer than dates go"),
+    ],
+)
+def test_out_of_range_numbers_are_usage_errors(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    assert main_in_process(*argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_an_interval_too_long_for_the_calendar_is_refused_and_not_registered(tmp_path, monkeypatch, capsys):
+    # The schedule was registered, then computing its next fire time raised OverflowError
+    # (and would have, in every scheduler reading it).
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "flow.yaml").write_text("tasks:\n  - id: a\n    run: shell\n    argv: [echo, hi]\n")
+    assert main_in_process("scheduler", "add", "flow.yaml", "--every", "99999999999d") == 1
+    err = capsys.readouterr().err
+    assert err == "error: schedule 'flow': every must be at most 100 years, got '99999999999d' (fix: every: 1d, 1w or 30d)\n"
+    assert main_in_process("scheduler", "list", "--json") == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
+def test_sql_writes_lists_structs_and_blobs_as_csv_and_json(tmp_path, monkeypatch, capsys):
+    # polars cannot write nested columns as CSV (a ComputeError traceback) nor binary
+    # ones as JSON (a Rust panic): they are written as JSON text and hex.
+    monkeypatch.chdir(tmp_path)
+    query = "SELECT [1, 2] AS l, {'a': 'x'} AS s, 'ab'::BLOB AS b, 3 AS n"
+    assert main_in_process("sql", query, "--format", "csv") == 0
+    assert capsys.readouterr().out == 'l,s,b,n\n"[1, 2]","{""a"": ""x""}",6162,3\n'
+    assert main_in_process("sql", query, "--json") == 0
+    assert json.loads(capsys.readouterr().out) == [{"l": [1, 2], "s": {"a": "x"}, "b": "6162", "n": 3}]
+
+
+def test_history_of_runs_that_have_not_ended(tmp_path, monkeypatch, capsys):
+    # With only unfinished runs listed, duration_s is a column of nulls, which polars
+    # refused to round: a traceback instead of the list.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KERNELFLOW_HOME", str(tmp_path / "store"))
+    (tmp_path / "gated.yaml").write_text(
+        "tasks:\n  - id: count\n    run: shell\n    argv: [echo, '1']\n"
+        "  - id: review\n    needs: [count]\n    approval: {message: Ship it?}\n"
+    )
+    assert main_in_process("run", "gated.yaml", "--no-progress") == 3
+    capsys.readouterr()
+    assert main_in_process("history", "--status", "waiting") == 0
+    out = capsys.readouterr().out
+    assert "waiting" in out and "gated" in out
+
+
+@pytest.mark.parametrize("name", ["", ".hidden", "a/b"])
+def test_removing_a_schedule_that_cannot_exist_is_a_clear_error(tmp_path, monkeypatch, capsys, name):
+    # The store's file layer raised ValueError("not a schedule name") as a traceback.
+    monkeypatch.chdir(tmp_path)
+    assert main_in_process("scheduler", "remove", name) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: schedule name must be 1 to 100 letters") and f"got {name!r}" in err

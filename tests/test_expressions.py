@@ -625,3 +625,45 @@ def test_logic_agrees_with_python(tree):
     python = re.sub(r"!", " not ", text.replace("&&", " and ").replace("||", " or "))
     python = python.replace("true", "True").replace("false", "False")
     assert cond(text, {}) is bool(eval(python))  # our own generated literals, nothing else
+
+
+# --------------------------------------------------------------------------- found by fuzzing (tests/test_fuzz.py)
+
+
+class Fragile:
+    """A task output whose property fails and whose text form cannot be made."""
+
+    @property
+    def rows(self) -> int:
+        raise ValueError("the connection is closed")
+
+    def __str__(self) -> str:
+        raise RuntimeError("cannot print")
+
+    def __repr__(self) -> str:
+        return "Fragile()"
+
+
+def test_a_property_that_raises_is_an_evaluation_error_at_the_reference():
+    # Only AttributeError was caught: the ValueError escaped render() and evaluate().
+    ctx = {"tasks": {"t": {"output": Fragile()}}}
+    located = parse_template("n={{tasks.t.output.rows}}", location=lambda col: f"flow.yaml line 4, column {col}")
+    err = eval_error(lambda: located.render(ctx))
+    assert str(err) == (
+        "flow.yaml line 4, column 5: {{tasks.t.output.rows}}: reading 'rows' of tasks.t.output (a Fragile) "
+        "raised ValueError: the connection is closed"
+    )
+    assert err.ref == "tasks.t.output.rows" and isinstance(err.__cause__, ValueError)
+    err = eval_error(lambda: parse_condition("tasks.t.output.rows > 3").evaluate(ctx))
+    assert "raised ValueError: the connection is closed" in str(err)
+
+
+def test_a_value_that_cannot_be_written_as_text_is_an_evaluation_error():
+    # _to_text(value) called str(), whose RuntimeError escaped render().
+    ctx = {"inputs": {"f": Fragile(), "d": {"k": Fragile()}}}
+    err = eval_error(lambda: parse_template("v={{inputs.f}}").render(ctx))
+    assert str(err) == "{{inputs.f}}: cannot write a Fragile into the text: RuntimeError: cannot print"
+    assert err.ref == "inputs.f" and err.expression == "v={{inputs.f}}"
+    err = eval_error(lambda: parse_template("v={{inputs.d}}", location="cell line 3").render(ctx))
+    assert str(err).startswith("cell line 3: {{inputs.d}}: cannot write dict {'k': Fragile()} into the text")
+    assert parse_template("{{inputs.f}}").render(ctx) is ctx["inputs"]["f"]  # a single reference is the value itself

@@ -822,3 +822,38 @@ def test_a_bad_size_is_reported_at_its_own_key():
         """)
     assert "max_body must be a positive size" in err.message
     assert err.location is not None and "line 6" in err.location
+
+
+# --- found by fuzzing (tests/test_fuzz.py): every error says how to fix it ------------------
+
+_STEP = "tasks:\n  - id: a\n    run: shell\n    argv: [ls]\n"
+
+
+@pytest.mark.parametrize(
+    "text, message, location, hint",
+    [
+        ("max_parallel: null\n" + _STEP, "max_parallel must be a whole number >= 1, got None", "cell line 2, column 15", "e.g. max_parallel: 4"),
+        ("executor: 3\n" + _STEP, "executor must be an executor name such as 'threads', got 3", "cell line 2, column 11", "executor: threads"),
+        (_STEP + "steps: []\n", "'steps' repeats 'tasks', given already on line 2", "cell line 6, column 1", "the same key: keep one of them"),
+        ("? [a, b]\n: c\n" + _STEP, "keys must be text, got a list", "cell line 2, column 3", "write each key as plain text"),
+        ("tasks:\n  - id: a\n    run: shell\n    argv: &a [*a]\n", "an alias refers to the collection that contains it",
+         "cell line 5, column 11", "cannot stand inside what it names"),
+        ("inputs: {n: !!int abc}\n" + _STEP, "cannot read 'abc' as !!int", "cell line 2, column 13", "remove the tag !!int"),
+        ("alerts: {duration: {z: -1}}\n" + _STEP, "alerts.duration.z must be greater than 0, got -1", "cell line 2, column 1", "docs/alerts.md"),
+    ],
+)  # fmt: skip
+def test_errors_that_had_no_fix_now_say_how(text, message, location, hint):
+    with pytest.raises(DefinitionError) as info:
+        compile_yaml("flow", text, NS)
+    err = info.value
+    assert message in err.message and err.location == location
+    assert err.hint and hint in err.hint
+    assert "\n  fix: " in str(err)
+
+
+def test_a_yaml_body_with_windows_line_endings_is_yaml():
+    # `tasks:` followed by "\r\n" did not match, so the magic compiled the body as Python.
+    crlf = NIGHTLY.replace("\n", "\r\n")
+    assert looks_like_yaml(crlf)
+    assert compile_yaml("nightly", crlf, NS).task_ids == ("fetch", "parse", "each", "route")
+    assert looks_like_yaml("inputs: {n: int}\r\ntasks:\r\n  - id: a\r\n    run: shell\r\n    argv: [ls]\r\n")
