@@ -26,7 +26,6 @@ import argparse
 import gc
 import os
 import re
-import statistics
 import sys
 import tempfile
 import time
