@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 import kernelflow as kf
@@ -132,7 +134,17 @@ def test_an_expression_too_deep_for_pythons_parser_is_a_definition_error(nesting
     assert "split the deeply nested expression" in err.value.hint
 
 
-def test_a_default_too_deep_to_record_is_a_definition_error():
+@pytest.fixture
+def default_recursion_limit():
+    # Hypothesis raises the limit while its tests run and leaves it raised if anything else
+    # changed it meanwhile; under a raised limit 500 levels record fine.
+    previous = sys.getrecursionlimit()
+    sys.setrecursionlimit(1000)
+    yield
+    sys.setrecursionlimit(previous)
+
+
+def test_a_default_too_deep_to_record_is_a_definition_error(default_recursion_limit):
     # Python parses and compiles it, but ast.unparse (recording the default) recursed out.
     body = "def a():\n    pass\n\ndef b(a, n=" + "-" * 500 + "1):\n    return n\n"
     with pytest.raises(kf.DefinitionError, match="task 'b': a parameter's default value nests too deeply") as err:
