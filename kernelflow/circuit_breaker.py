@@ -121,7 +121,7 @@ class CircuitConfig:
             raise _option_error(f"{_OPTION} must be true or a mapping of options, got {value!r}")
         for key in value:
             if key not in _KEYS:
-                close = difflib.get_close_matches(str(key), _KEYS, n=1)
+                close = difflib.get_close_matches(str(key), _KEYS)  # best first
                 did_you_mean = f" (did you mean {close[0]!r}?)" if close else ""
                 raise _option_error(
                     f"{_OPTION} has no option {key!r}{did_you_mean}; it accepts {', '.join(_KEYS)}"
@@ -336,12 +336,14 @@ def before_call(
             s["probes"].append(now)
             reason = f"circuit {name!r} is half-open: this call is trial {in_flight + 1} of {config.half_open_probes}"
             return Decision(True, True, HALF_OPEN, transition, None, reason), _finish(before, s, now)
+        # Refused: the circuit was half-open already (one that just moved has no
+        # probes in flight), so this decision made no transition.
         retry_at = s["probes"][0] + config.break_duration
         reason = (
             f"circuit {name!r} is half-open and its {in_flight} trial call(s) are still running "
             f"(half_open_probes={config.half_open_probes}); try again once one reports, at the latest {_utc(retry_at)}"
         )
-        return Decision(False, False, HALF_OPEN, transition, retry_at, reason), _finish(before, s, now)
+        return Decision(False, False, HALF_OPEN, None, retry_at, reason), _finish(before, s, now)
     return Decision(True, False, CLOSED, None, None, f"circuit {name!r} is closed"), _finish(before, s, now)
 
 

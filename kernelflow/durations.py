@@ -14,12 +14,17 @@ def parse_duration(value: object, *, what: str = "duration") -> float:
     if isinstance(value, bool):  # bool is an int; True seconds is a bug, not a duration
         raise ValueError(f"{what} must be a duration like 30, '500ms', '30s', '5m' or '2h', got {value!r}")
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int beyond float's range
+            seconds = math.inf if value > 0 else -math.inf
     elif isinstance(value, str) and (m := _PATTERN.match(value)):
         seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
     else:
         raise ValueError(f"{what} must be a duration like 30, '500ms', '30s', '5m' or '2h', got {value!r}")
-    if not seconds > 0 or seconds != seconds or seconds == float("inf"):
+    if seconds == math.inf:
+        raise ValueError(f"{what} must be a finite duration, got {value!r}")
+    if not seconds > 0:  # also refuses nan, which compares false
         raise ValueError(f"{what} must be greater than zero, got {value!r}")
     return seconds
 

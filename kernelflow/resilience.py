@@ -18,7 +18,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def _config(breaker: Mapping[str, Any]) -> CircuitConfig:
-    return CircuitConfig.from_options({k: v for k, v in breaker.items() if k != "name"}) or CircuitConfig()
+    # from_options accepts the breaker's ``name`` and leaves it to us; a mapping
+    # always gives a config (the ``or`` only tells the type checker so).
+    return CircuitConfig.from_options(breaker) or CircuitConfig()
 
 
 def circuit_before(run: Run, task_id: str, breaker: Mapping[str, Any]) -> tuple[Decision, float]:

@@ -103,6 +103,18 @@ def test_config_constructor_validates_too() -> None:
         CircuitConfig(half_open_probes=0)
     with pytest.raises(OptionError, match="break_duration must be greater than zero"):
         CircuitConfig(break_duration=0.0)
+    for kwargs, message in [
+        ({"failure_threshold": 0}, "circuit_breaker.failure_threshold must be a whole number >= 1, got 0"),
+        ({"window": "soon"}, "circuit_breaker.window must be a duration like 30, '500ms', '30s', '5m' or '2h', got 'soon'"),
+        ({"break_duration": -1}, "circuit_breaker.break_duration must be greater than zero, got -1"),
+    ]:
+        with pytest.raises(OptionError) as info:
+            CircuitConfig(**kwargs)
+        assert info.value.message == message
+    # Durations are normalised to seconds.
+    assert CircuitConfig(window="2m", break_duration="30s").to_dict() == {
+        "failure_threshold": 5, "window": 120.0, "break_duration": 30.0, "half_open_probes": 1,
+    }
 
 
 # --- the state machine at its boundaries ------------------------------------------
@@ -306,6 +318,194 @@ def test_damaged_state_is_read_as_well_formed() -> None:
         assert isinstance(decision.allowed, bool)
 
 
+
+# --- exact decisions and bookkeeping -----------------------------------------------
+
+
+def test_every_decision_exactly() -> None:
+    # Each field of each kind of decision, and the state's clock fields: a
+    # decision or transition that changes the state stamps it with `now`.
+    config = CircuitConfig(failure_threshold=1, window=60, break_duration=10, half_open_probes=2)
+    decision, state = before_call(None, config, T0, NAME)
+    assert decision == cb.Decision(True, False, cb.CLOSED, None, None, "circuit 'payments' is closed")
+    assert state["updated_at"] == T0
+    _, state = fail(state, config, T0 + 1)
+    assert (state["open_cause"], state["open_failures"], state["opened_at"]) == ("failures", 1, T0 + 1)
+    until = T0 + 11
+    decision, state = before_call(state, config, T0 + 2, NAME)
+    reason = f"circuit 'payments' is open until {_hms(until)} UTC after 1 failures in 1m"
+    assert decision == cb.Decision(False, False, cb.OPEN, None, until, reason)
+    first, state = before_call(state, config, until, NAME)
+    assert first == cb.Decision(
+        True, True, cb.HALF_OPEN, "open->half_open", None, "circuit 'payments' is half-open: this call is trial 1 of 2"
+    )
+    assert state["updated_at"] == until and state["last_transition_at"] == until
+    assert (state["open_failures"], state["open_cause"], state["opened_at"]) == (0, None, None)  # no longer open
+    second, state = before_call(state, config, until + 1, NAME)
+    assert second == cb.Decision(
+        True, True, cb.HALF_OPEN, None, None, "circuit 'payments' is half-open: this call is trial 2 of 2"
+    )
+    assert state["updated_at"] == until + 1
+    third, state = before_call(state, config, until + 2, NAME)
+    assert third == cb.Decision(
+        False, False, cb.HALF_OPEN, None, until + 10,
+        "circuit 'payments' is half-open and its 2 trial call(s) are still running (half_open_probes=2); "
+        f"try again once one reports, at the latest {_hms(until + 10)} UTC",
+    )
+    assert state["updated_at"] == until + 1  # a refusal changes nothing
+    _, state = succeed(state, config, until + 3, probe=True, started_at=until)
+    transition, state = succeed(state, config, until + 4, probe=True, started_at=until + 1)
+    assert transition == "half_open->closed"
+    assert state["last_transition_at"] == until + 4 and state["updated_at"] == until + 4
+    assert (state["open_failures"], state["probe_successes"], state["failures"]) == (0, 0, [])
+
+
+def test_an_open_refusal_stamps_a_changed_state() -> None:
+    # The refusal itself prunes old failures from the state: that is a change.
+    config = CircuitConfig(failure_threshold=1, window=5, break_duration=100)
+    _, state = fail(None, config, T0)
+    decision, state = before_call(state, config, T0 + 50, NAME)
+    assert not decision.allowed and state["failures"] == [] and state["updated_at"] == T0 + 50
+
+
+def test_a_report_of_an_ordinary_call_while_half_open_is_no_probe() -> None:
+    # A call let through while the circuit was closed reports (failing) after
+    # it went half-open: it counts as a failure, but it is not the probe.
+    config = CircuitConfig(failure_threshold=2, window=600, break_duration=10)
+    state = opened(config)
+    probe, state = before_call(state, config, T0 + 10, NAME)
+    transition, state = fail(state, config, T0 + 11)  # probe=False
+    assert transition is None and state["status"] == cb.HALF_OPEN and state["probes"] == [T0 + 10]
+    assert state["failures"][-1] == T0 + 11
+
+
+def test_a_failed_probe_counts_as_a_failure() -> None:
+    config = CircuitConfig(failure_threshold=2, window=600, break_duration=30)
+    state = opened(config)  # failures at T0 - 0.001 and T0
+    _, state = before_call(state, config, T0 + 30, NAME)
+    transition, state = fail(state, config, T0 + 31, probe=True, started_at=T0 + 30)
+    assert transition == "half_open->open"
+    check_state(state)
+    assert state["failures"] == [T0, T0 + 31] and state["open_failures"] == 2  # the newest threshold-many
+
+
+def test_a_refusal_under_a_new_config_stores_it() -> None:
+    # The step's breaker options changed (a new version of the workflow): even a
+    # refused call records the config it was decided with.
+    config = CircuitConfig(failure_threshold=1, window=60, break_duration=30)
+    _, state = fail(None, config, T0)
+    _, state = before_call(state, config, T0 + 30, NAME)  # the probe
+    changed = CircuitConfig(failure_threshold=1, window=120, break_duration=30)
+    decision, state = before_call(state, changed, T0 + 31, NAME)
+    assert not decision.allowed and decision.state == cb.HALF_OPEN
+    assert state["config"] == changed.to_dict() and state["updated_at"] == T0 + 31
+
+
+def test_describe_exactly() -> None:
+    assert describe(None, None, T0) == {
+        "state": cb.CLOSED, "failures_in_window": 0, "opened_at": None, "open_until": None, "probes_in_flight": 0,
+        "probe_successes": 0, "last_transition": None, "last_transition_at": None, "updated_at": None, "config": None,
+    }
+
+
+@pytest.mark.parametrize(
+    "damaged, field, value",
+    [
+        ({"status": "open", "opened_at": T0 + 10, "open_until": T0 + 5}, "opened_at", T0 + 5),  # opened after its end
+        ({"status": "open", "open_until": T0 + 5}, "opened_at", 0.0),  # no time known at all
+        ({"status": "open", "open_until": T0 + 5, "updated_at": T0 + 1}, "opened_at", T0 + 1),
+        ({"status": "half_open", "probe_successes": -1}, "probe_successes", 0),
+        ({"status": "half_open", "probe_successes": "2"}, "probe_successes", 0),
+        ({"status": "half_open", "probe_successes": 1}, "probe_successes", 1),
+    ],
+)
+def test_damaged_fields_are_repaired(damaged: dict, field: str, value: Any) -> None:
+    assert describe(damaged, None, T0)[field] == value
+
+
+def test_damaged_open_fields_of_a_closed_circuit_are_cleared() -> None:
+    _, state = before_call({"status": "closed", "open_failures": 5, "open_cause": "forced"}, CircuitConfig(), T0, NAME)
+    assert (state["open_failures"], state["open_cause"]) == (0, None)
+    check_state(state)
+
+
+def test_an_open_state_without_a_cause_reads_as_opened_by_failures() -> None:
+    state = {"status": "open", "opened_at": T0, "open_until": T0 + 100, "open_failures": 3}
+    decision, state = before_call(state, CircuitConfig(window=60), T0 + 1, NAME)
+    assert decision.reason == f"circuit 'payments' is open until {_hms(T0 + 100)} UTC after 3 failures in 1m"
+    assert state["open_cause"] == "failures"
+
+
+def test_forced_transitions_are_stamped() -> None:
+    transition, state = force(None, "open", T0, duration=0.5)  # under a second is a duration too
+    assert transition == "closed->open"
+    assert (state["opened_at"], state["open_until"], state["open_cause"]) == (T0, T0 + 0.5, "forced")
+    assert (state["last_transition_at"], state["updated_at"]) == (T0, T0)
+    transition, state = force(state, "close", T0 + 6)
+    assert transition == "open->closed"
+    assert (state["last_transition_at"], state["updated_at"], state["open_failures"]) == (T0 + 6, T0 + 6, 0)
+
+
+def test_times_in_reasons_are_utc_whatever_the_local_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # UTC+5:30, so no hour or minute can match by chance
+    time.tzset()
+    try:
+        config = CircuitConfig(failure_threshold=1, break_duration=30)
+        _, state = fail(None, config, T0)
+        decision, _ = before_call(state, config, T0 + 1, NAME)
+        assert decision.reason.startswith(f"circuit 'payments' is open until {_hms(T0 + 30)} UTC")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def _valid_state(**changes: Any) -> dict:
+    config = CircuitConfig(failure_threshold=2, window=60, break_duration=10, half_open_probes=2)
+    _, state = before_call(None, config, T0, NAME)
+    return {**state, **changes}
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"extra": 1},
+        {"format": 2},
+        {"status": "exploded"},
+        {"failures": [T0 + 1, T0]},
+        {"probe_successes": -1},
+        {"probe_successes": 1.5},
+        {"failures": [T0, T0 + 1, T0 + 2]},  # more than failure_threshold kept
+        {"status": "open", "opened_at": None, "open_cause": "failures"},
+        {"status": "open", "opened_at": T0, "open_cause": None},
+        {"status": "open", "opened_at": T0, "open_until": T0 - 1, "open_cause": "failures"},
+        {"opened_at": T0},  # closed but with open fields
+        {"open_until": T0},
+        {"open_cause": "failures"},
+        {"status": "half_open", "probes": [T0, T0, T0]},  # more probes than half_open_probes
+        {"status": "half_open", "probe_successes": 2},
+        {"status": "half_open", "probe_successes": -1},  # only the count's own check can tell
+        {"status": "half_open", "probe_successes": 1.5},
+        {"probes": [T0]},  # closed with a probe
+        {"probe_successes": 1},
+        {"failures": [T0, T0 + 1]},  # closed at the threshold
+    ],
+)
+def test_check_state_refuses_malformed_states(changes: dict) -> None:
+    with pytest.raises(AssertionError):
+        check_state(_valid_state(**changes))
+
+
+def test_check_state_accepts_boundaries() -> None:
+    check_state(_valid_state(failures=[T0]))
+    check_state(_valid_state(status="open", opened_at=T0, open_until=T0, open_cause="forced"))
+    check_state(_valid_state(status="half_open", probes=[T0, T0 + 1], probe_successes=1))
+    check_state(_valid_state(config=None, failures=[T0, T0 + 1, T0 + 2]))  # without a config, no limits to check
+    with pytest.raises(AssertionError) as info:
+        check_state(_valid_state(extra=1))
+    assert str(info.value).startswith("['extra']")
+
 # --- the property test -------------------------------------------------------------
 
 configs = st.builds(
@@ -413,6 +613,7 @@ def _run_python(code: str, *args: str) -> subprocess.Popen[str]:
     )
 
 
+@pytest.mark.slow  # starts python subprocesses
 def test_transact_is_atomic_across_processes(tmp_store: FolderStore) -> None:
     code = """
     import sys
@@ -561,6 +762,7 @@ def test_tables_are_created_lazily_and_once(tmp_store: FolderStore) -> None:
 # --- the user API --------------------------------------------------------------------
 
 
+@pytest.mark.slow  # starts python subprocesses
 def test_open_close_reset_seen_by_other_handles_and_processes(tmp_store: FolderStore) -> None:
     where = tmp_store.path
     handle = circuit(NAME, store=where)
@@ -603,6 +805,7 @@ def _state_in_subprocess(where: Path) -> str:
     return out.strip()
 
 
+@pytest.mark.slow  # starts python subprocesses
 def test_a_subprocess_opens_and_this_process_sees_it(tmp_store: FolderStore) -> None:
     code = """
     import sys

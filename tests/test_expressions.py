@@ -667,3 +667,264 @@ def test_a_value_that_cannot_be_written_as_text_is_an_evaluation_error():
     err = eval_error(lambda: parse_template("v={{inputs.d}}", location="cell line 3").render(ctx))
     assert str(err).startswith("cell line 3: {{inputs.d}}: cannot write dict {'k': Fragile()} into the text")
     assert parse_template("{{inputs.f}}").render(ctx) is ctx["inputs"]["f"]  # a single reference is the value itself
+
+
+# --------------------------------------------------------------------------- exact messages and hints
+# Each syntax error's message, column and hint as the user reads them (the
+# tests above check most of them by substring only).
+
+SYNTAX_ERRORS = [
+    # templates
+    ("template", "{{inputs.x", 1, "unclosed '{{' at column 1 of template '{{inputs.x'", "close the reference with }}, like {{inputs.name}}"),
+    # a "}}" before the "{{" does not close it
+    ("template", "a }} b {{inputs.x y", 8, "unclosed '{{' at column 8 of template 'a }} b {{inputs.x y'", "close the reference with }}, like {{inputs.name}}"),
+    # the only "}}" is inside a quoted key
+    ("template", "{{inputs['a}}']", 1, "unclosed '{{' at column 1 of template \"{{inputs['a}}']\"", "close the reference with }}, like {{inputs.name}}"),
+    ("template", "{{ }}", 1, "empty '{{ }}' at column 1 of template '{{ }}'", "put a reference inside, like {{inputs.name}}"),
+    ("template", "{{inputs['a}}'", 15, "expected ']' at column 15 of template \"{{inputs['a}}'\"", "close the bracket with ]"),
+    ("template", "{{inputs[0}}", 11, "expected ']' at column 11 of template '{{inputs[0}}'", "close the bracket with ]"),
+    ("template", "{{inputs.a+b}}", 11, "expected '}}' after 'inputs.a', found '+' at column 11 of template '{{inputs.a+b}}'",
+     "a {{ }} holds one reference, like {{tasks.parse.output.ids}}"),
+    # a dash after a space is not part of a key
+    ("template", "{{inputs.a -b}}", 12, "expected '}}' after 'inputs.a', found '-' at column 12 of template '{{inputs.a -b}}'",
+     "a {{ }} holds one reference, like {{tasks.parse.output.ids}}"),
+    ("template", "{{inputs.maX-b}}", 13, "expected '}}' after 'inputs.maX', found '-' at column 13 of template '{{inputs.maX-b}}'",
+     "keys with dashes need brackets and quotes: inputs['maX-b']"),
+    ("template", "{{inputs.a.my_long-key}}", 19,
+     "expected '}}' after 'inputs.a.my_long', found '-' at column 19 of template '{{inputs.a.my_long-key}}'",
+     "keys with dashes need brackets and quotes: inputs.a['my_long-key']"),
+    ("template", "{{inputs.abc-d}}", 13, "expected '}}' after 'inputs.abc', found '-' at column 13 of template '{{inputs.abc-d}}'",
+     "keys with dashes need brackets and quotes: inputs['abc-d']"),
+    ("template", "{{inputs.ab-cde}}", 12, "expected '}}' after 'inputs.ab', found '-' at column 12 of template '{{inputs.ab-cde}}'",
+     "keys with dashes need brackets and quotes: inputs['ab-cde']"),
+    ("template", "{{inputs.ab-cd}}", 12, "expected '}}' after 'inputs.ab', found '-' at column 12 of template '{{inputs.ab-cd}}'",
+     "keys with dashes need brackets and quotes: inputs['ab-cd']"),
+    ("template", "{{1}}", 3, "expected a reference like inputs.name, found '1' at column 3 of template '{{1}}'",
+     "references start with one of: inputs, tasks, forEach, secrets, output"),
+    ("template", "{{inputs.}}", 10, "expected a name or an index after '.' at column 10 of template '{{inputs.}}'",
+     "names are letters, digits and _ (not starting with a digit), optionally after $; indexes are numbers; "
+     "other keys go in brackets: ['my-key']"),
+    ("template", "{{inputs.9x}}", 10, "expected a name or an index after '.' (found '9x') at column 10 of template '{{inputs.9x}}'",
+     "names are letters, digits and _ (not starting with a digit), optionally after $; indexes are numbers; "
+     "other keys go in brackets: ['my-key']"),
+    ("template", "{{inputs[12345678901234567890]}}", 10,  # 20 digits: one too many
+     "expected an index like [0] or a quoted key like ['my-key'] after '[' at column 10 of template '{{inputs[12345678901234567890]}}'",
+     "write an integer or a quoted key inside the brackets"),
+    ("template", "{{inputs[X]}}", 10,
+     "expected an index like [0] or a quoted key like ['my-key'] after '[' at column 10 of template '{{inputs[X]}}'",
+     "write an integer or a quoted key inside the brackets"),
+    ("template", "{{secrets}}", 3, "a secret reference needs a name at column 3 of template '{{secrets}}'",
+     "write secrets.NAME, like {{secrets.API_TOKEN}}"),
+    ("template", "{{inputs['a\\q']}}", 12, "unknown escape '\\\\q' in a string at column 12 of template \"{{inputs['a\\\\q']}}\"",
+     "the escapes are \\\\ \\' \\\" \\n \\t \\r \\0; write \\\\ for a backslash"),
+    ("template", "{{secret.x}}", 3, "unknown reference root 'secret' (did you mean 'secrets'?) at column 3 of template '{{secret.x}}'",
+     "references start with one of: inputs, tasks, forEach, secrets, output"),
+    # conditions
+    ("condition", "inputs[0", 9, "expected ']' at column 9 of condition 'inputs[0'", "close the bracket with ]"),
+    ("condition", "inputs.my-key", 10, "unexpected character '-' at column 10 of condition 'inputs.my-key'",
+     "keys with dashes need brackets and quotes: inputs['my-key']"),
+    ("condition", "Xyz == 1", 1, "'Xyz' is not a value or a reference at column 1 of condition 'Xyz == 1'",
+     "quote text as a string ('Xyz'); references start with one of: inputs, tasks, forEach, secrets, output"),
+    ("condition", "zzz", 1, "'zzz' is not a value or a reference at column 1 of condition 'zzz'",
+     "quote text as a string ('zzz'); references start with one of: inputs, tasks, forEach, secrets, output"),
+    ("condition", "inptus", 1, "'inptus' is not a value or a reference (did you mean 'inputs'?) at column 1 of condition 'inptus'",
+     "quote text as a string ('inptus'); references start with one of: inputs, tasks, forEach, secrets, output"),
+    ("condition", "inptus.x", 1, "unknown reference root 'inptus' (did you mean 'inputs'?) at column 1 of condition 'inptus.x'",
+     "references start with one of: inputs, tasks, forEach, secrets, output"),
+    ("condition", "1 }}", 3, "unexpected '}}' without an opening '{{' at column 3 of condition '1 }}'",
+     "write references as {{inputs.name}} or inputs.name"),
+    ("condition", "1 - 2", 3, "unexpected character '-' at column 3 of condition '1 - 2'",
+     "conditions use == != < <= > >= && || ! and parentheses; there is no arithmetic"),
+    ("condition", "False", 1, "'False' is not a value (did you mean 'false'?) at column 1 of condition 'False'", "the literals are true, false and null"),
+    ("condition", "FALSE", 1, "'FALSE' is not a value (did you mean 'false'?) at column 1 of condition 'FALSE'", "the literals are true, false and null"),
+    ("condition", "Null", 1, "'Null' is not a value (did you mean 'null'?) at column 1 of condition 'Null'", "the literals are true, false and null"),
+    ("condition", "nil", 1, "'nil' is not a value (did you mean 'null'?) at column 1 of condition 'nil'", "the literals are true, false and null"),
+    ("condition", "NIL", 1, "'NIL' is not a value (did you mean 'null'?) at column 1 of condition 'NIL'", "the literals are true, false and null"),
+    ("condition", "1x", 1, "malformed number '1x' at column 1 of condition '1x'", "write a number like 3, -2 or 0.5"),
+    ("condition", "1 == 2 3", 8, "expected an operator, found '3' at column 8 of condition '1 == 2 3'",
+     "join conditions with && or ||; conditions use == != < <= > >= && || ! and parentheses"),
+    ("condition", "   ", 1, "the condition is empty at column 1 of condition '   '", "write a condition like {{inputs.n}} > 3"),
+    ("condition", "1 == 1)", 7, "unmatched ')' at column 7 of condition '1 == 1)'", "remove it or add the '(' it closes"),
+    ("condition", "(1 == 1", 1, "'(' is never closed at column 1 of condition '(1 == 1'", "add the missing ')'"),
+    ("condition", "(1 == 1 2", 9, "expected an operator or ')', found '2' at column 9 of condition '(1 == 1 2'",
+     "join conditions with && or ||, and close each '(' with ')'"),
+    ("condition", "1 ==", 5, "the condition ends where a value was expected (after '==') at column 5 of condition '1 =='",
+     "add a value: a literal, a reference or a parenthesised condition"),
+    ("condition", "1 == )", 6, "expected a value, found ')' at column 6 of condition '1 == )'",
+     "values are literals ('text', 3, true, null), references (inputs.n, {{tasks.t.output}}) or ( … )"),
+    ("condition", "inputs.n < 2 < 3", 14,
+     "comparisons cannot be chained ('inputs.n < 2' is followed by '<') at column 14 of condition 'inputs.n < 2 < 3'",
+     "combine two comparisons with &&, like a < b && b < c"),
+    ("condition", "'abc", 1, "unterminated string at column 1 of condition \"'abc\"", "end the string with ' (write \\' for a ' inside it)"),
+    # a backslash as the last character: nothing to escape
+    ("condition", "'a\\", 1, "unterminated string at column 1 of condition \"'a\\\\\"", "end the string with '"),
+    # an escape as the last character: escaped, then the text ends
+    ("condition", "'ab\\n", 1, "unterminated string at column 1 of condition \"'ab\\\\n\"", "end the string with ' (write \\' for a ' inside it)"),
+]
+
+
+@pytest.mark.parametrize(("kind", "text", "column", "message", "hint"), SYNTAX_ERRORS)
+def test_syntax_error_messages_exactly(kind, text, column, message, hint):
+    err = syntax_error(parse_template if kind == "template" else parse_condition, text)
+    assert (err.message, err.hint, err.column) == (message, hint, column)
+
+
+def test_largest_bracket_index_and_number():
+    assert parse_template("{{inputs[1234567890123456789]}}").refs[0].path == (1234567890123456789,)  # 19 digits
+    assert parse_condition("1" * 4000 + " > 0").evaluate({}) is True  # 4000 characters: still a number
+    assert parse_condition("-" + "1" * 3999 + " < 0").evaluate({}) is True
+    for text in ("1" * 4001, "-" + "1" * 4000):
+        err = syntax_error(parse_condition, text + " > 0")
+        assert (err.message[:40], err.hint, err.column) == ("number too long at column 1 of condition", "write a shorter number", 1)
+
+
+def test_numbers_starting_with_a_dot():
+    assert cond(".5 < 1") is True
+    assert cond("-.5 < 0") is True
+
+
+def test_parenthesised_value_keeps_its_value():
+    assert cond("({{inputs.n}}) == 5") is True
+    assert cond("((inputs.mode)) == 'dry'") is True
+
+
+def test_depth_counts_nesting_not_earlier_groups():
+    # After "(true)" or "!true" is closed, the depth is back where it was.
+    assert cond(" && ".join(["(true)"] * 70)) is True
+    assert cond(" && ".join(["!false"] * 70)) is True
+    assert cond("(" * 63 + "(true) && " + "(true)" + ")" * 63) is True
+    for group in ("(true)", "!true"):
+        text = "(" * 63 + group + " && " + "((true))" + ")" * 63
+        err = syntax_error(parse_condition, text)
+        column = 63 + len(group) + len(" && ((")  # the second '(' after the group: level 65
+        assert (err.column, err.hint) == (column, "simplify it: at most 64 nested parentheses or '!'")
+        assert err.message.startswith(f"the condition nests deeper than 64 levels at column {column} of condition …'")
+
+
+def test_long_expression_excerpt_windows():
+    # The excerpt is 80 characters around the column, with … where it was cut.
+    def message(text):
+        return syntax_error(parse_condition, text).message
+
+    start = "x = 1" + " && true" * 20  # 165 characters
+    assert message(start) == "'x' is not a value or a reference at column 1 of condition " + repr(start[:80]) + "…"
+    end = "true && " * 20 + "x = 1"
+    assert message(end) == "'x' is not a value or a reference at column 161 of condition …" + repr(end[-80:])
+    col42 = "true && " * 5 + " x = 1" + " && true" * 10  # the window starts one character in
+    assert message(col42) == "'x' is not a value or a reference at column 42 of condition …" + repr(col42[1:81]) + "…"
+    middle = "inputs.a == 1 && " * 10 + "inputs.b = 2" + " && inputs.c == 1" * 10
+    assert message(middle) == (
+        "'=' is not an operator (did you mean '=='?) at column 180 of condition …" + repr(middle[139:219]) + "…"
+    )
+    exactly80 = "y" * 76 + " = 1"
+    assert message(exactly80).endswith(" of condition " + repr(exactly80))
+
+
+def test_evaluation_messages_exactly():
+    class Multi:
+        def __repr__(self):
+            return "a\nb"
+
+    @dataclass
+    class WithPrivate:
+        rows: int = 1
+        _secret: int = 2
+
+    ctx = {"inputs": {
+        "ids": [10, 20, 30], "f": False, "s": "x", "obj": object(), "multi": [Multi()], "d": WithPrivate(),
+        "long": "y" * 60, "exact": "y" * 38,
+        "big": {f"k{i}": i for i in range(21)}, "twenty": {f"k{i}": i for i in range(20)},
+    }}
+    keys = ", ".join(f"k{i}" for i in range(20))
+    cases = {
+        "inputs.f < 1": "inputs.f < 1: cannot compare bool false with int 1 using <",
+        "inputs.multi < 1": "inputs.multi < 1: cannot compare a list with int 1 using <",  # its repr spans lines
+        "inputs.long < 1": "inputs.long < 1: cannot compare str '" + "y" * 38 + "… with int 1 using <",
+        "inputs.exact < 1": "inputs.exact < 1: cannot compare str '" + "y" * 38 + "' with int 1 using <",  # 40: not cut
+        "inputs.ids[-1].x > 1": "{{inputs.ids[-1].x}}: inputs.ids[-1] is a int, so it has no field 'x'",
+        "inputs.ids.0.x > 1": "{{inputs.ids.0.x}}: inputs.ids.0 is a int, so it has no field 'x'",
+        "inputs.d.size": "{{inputs.d.size}}: inputs.d has no field 'size' (fields: rows)",
+        "inputs.obj.size": "{{inputs.obj.size}}: inputs.obj has no field 'size'",
+        "inputs.big.zz": "{{inputs.big.zz}}: inputs.big has no field 'zz' (fields: " + keys + ", …)",
+        "inputs.twenty.zz": "{{inputs.twenty.zz}}: inputs.twenty has no field 'zz' (fields: " + keys + ")",
+        # the comparison is quoted as written, wherever it sits
+        "true && {{inputs.s}} < 3": "{{inputs.s}} < 3: cannot compare str 'x' with int 3 using <",
+        "{{inputs.s}} < 3 && true": "{{inputs.s}} < 3: cannot compare str 'x' with int 3 using <",
+    }
+    for text, message in cases.items():
+        err = eval_error(lambda text=text: cond(text, ctx))
+        assert (str(err), err.message, err.expression) == (message, message, text)
+
+
+def test_missing_field_messages_per_root():
+    ctx = {"forEach": {"item": 1}, "output": {"a": 1}, "secrets": None}
+    cases = {
+        "{{forEach.x}}": "{{forEach.x}}: forEach has no field 'x' (fields: item)",
+        "{{output.x}}": "{{output.x}}: the output has no field 'x' (fields: a)",
+        "{{forEach.$parent}}": "{{forEach.$parent}}: there is no enclosing forEach loop",
+        "{{secrets.X}}": "{{secrets.X}}: no secrets provider is configured",  # a provider that cannot be indexed
+    }
+    for text, message in cases.items():
+        assert str(eval_error(lambda text=text: parse_template(text).render(ctx))) == message
+
+
+def test_containers_json_cannot_write_are_written_with_str():
+    assert parse_template("-{{inputs.k}}").render({"inputs": {"k": {(1, 2): 3}}}) == "-{(1, 2): 3}"
+
+
+def test_non_text_whose_repr_fails():
+    class NoRepr:
+        def __repr__(self):
+            raise RuntimeError("no")
+
+    seen = []
+    err = syntax_error(parse_template, NoRepr(), location=lambda col: seen.append(col) or f"cell column {col}")
+    assert (err.message, err.hint, err.location, seen) == (
+        "expected text, got NoRepr <NoRepr>", "write the template or condition as a string", "cell column 1", [1]
+    )
+
+
+class Ambiguous:
+    def __bool__(self):
+        raise ValueError("ambiguous")
+
+
+def _where(col: int) -> str:
+    return f"flow.yaml line 2, column {col}"
+
+
+def test_condition_errors_carry_location_expression_and_source():
+    ctx = {"inputs": {"a": Ambiguous(), "s": "x"}}
+    for text in ("inputs.a", "inputs.a && true", "true && inputs.a", "false || inputs.a", "!inputs.a"):
+        err = eval_error(lambda text=text: parse_condition(text, location=_where).evaluate(ctx))
+        assert (err.message, err.expression, err.location, err.ref) == (
+            f"{text}: cannot use a Ambiguous as true or false", text, "flow.yaml line 2, column 1", None
+        )
+    err = eval_error(lambda: parse_condition("true && inputs.s < 3", location=_where).evaluate(ctx))
+    assert (err.location, err.message) == ("flow.yaml line 2, column 18", "inputs.s < 3: cannot compare str 'x' with int 3 using <")
+    err = eval_error(lambda: parse_condition("true && inputs.nope", location=_where).evaluate(ctx))
+    assert (err.location, err.ref) == ("flow.yaml line 2, column 9", "inputs.nope")
+    assert str(err) == "flow.yaml line 2, column 9: {{inputs.nope}}: the workflow has no input 'nope' (inputs: a, s)"
+
+
+def test_template_errors_carry_location():
+    class Fragile:
+        def __str__(self):
+            raise RuntimeError("cannot print")
+
+    err = eval_error(lambda: parse_template("{{inputs.nope}}", location=_where).render({"inputs": {}}))
+    assert err.location == "flow.yaml line 2, column 3"
+    err = eval_error(lambda: parse_template("ab {{inputs.f}}", location=_where).render({"inputs": {"f": Fragile()}}))
+    assert err.location == "flow.yaml line 2, column 6"
+    for value in ("{{inputs.nope}}", {"k": "{{inputs.nope}}"}, ["{{inputs.nope}}"], ("{{inputs.nope}}",)):
+        err = eval_error(lambda value=value: render_value(value, {"inputs": {}}, location="cell line 5"))
+        assert err.location == "cell line 5"
+
+
+def test_ref_resolve():
+    ref = parse_template("{{inputs.a.b}}").refs[0]
+    assert ref.resolve({"inputs": {"a": {"b": 3}}}) == 3
+    err = eval_error(lambda: ref.resolve({"inputs": {}}))
+    assert (str(err), err.expression, err.ref) == ("{{inputs.a.b}}: the workflow has no input 'a' (it is empty)", "inputs.a.b", "inputs.a.b")
+    err = eval_error(lambda: ref.resolve({"inputs": {}}, expression="x {{inputs.a.b}}", location="cell line 1"))
+    assert (err.expression, err.location) == ("x {{inputs.a.b}}", "cell line 1")
