@@ -576,7 +576,8 @@ class QueryEngine:
             ).fetchone()
         finally:
             os.unlink(scratch)
-        return int(row[0]) if row else 0
+        assert row is not None  # an INSERT always reports its row count
+        return int(row[0])
 
     def _damaged_segment(self, path: str, offset: int, lines: memoryview, bad: int) -> None:
         first_line = 1

@@ -106,7 +106,8 @@ class SegmentWriter:
                 # The segment may now end in a partial line; anything appended
                 # after it would be glued to that fragment and unreadable, so
                 # the next event goes to a fresh segment.
-                self._on_closed(self._close_locked() or path)
+                self._close_locked()
+                self._on_closed(path)
                 if written:  # readers will see it: appending it again would duplicate it
                     raise StoreError(
                         f"an event was written to {path} but fsync failed: {exc.strerror or exc}; "
@@ -159,7 +160,8 @@ class SegmentWriter:
                         os.fsync(fd)
                 except OSError as exc:
                     written = len(data) - len(view)
-                    self._on_closed(self._close_locked() or path)
+                    self._close_locked()
+                    self._on_closed(path)
                     done = before + recorded + bytes(data[:written]).count(b"\n")
                     raise StoreError(
                         f"could not record events in {path}: {exc.strerror or exc}. Of the "
@@ -209,7 +211,7 @@ class SegmentWriter:
                 f"could not open a new event segment in {self.segments_dir}: {exc.strerror or exc}. "
                 "Free disk space or fix the folder's permissions, then retry."
             ) from exc
-        self._fd, self._path, self._count = fd, final, 0
+        self._fd, self._path = fd, final  # _count is 0 whenever no segment is open
 
     def _close_locked(self) -> Path | None:
         fd, path = self._fd, self._path
