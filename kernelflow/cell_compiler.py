@@ -266,7 +266,7 @@ def _fingerprints(tree: ast.Module) -> tuple[dict[str, str], str]:
     whole = hashlib.sha256()
     tasks: dict[str, str] = {}
     for node in tree.body:
-        dumped = ast.dump(node, annotate_fields=False, include_attributes=False).encode()
+        dumped = ast.dump(node, annotate_fields=False).encode()  # without positions (the default)
         whole.update(dumped)
         whole.update(b"\x00")
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -276,7 +276,7 @@ def _fingerprints(tree: ast.Module) -> tuple[dict[str, str], str]:
 
 def _param(arg: ast.arg, default: ast.expr | None) -> Param:
     if default is None:
-        return Param(arg.arg, False, None)
+        return Param(arg.arg)  # no default
     return Param(arg.arg, True, ast.unparse(default))
 
 

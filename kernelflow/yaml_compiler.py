@@ -115,9 +115,9 @@ class _Where:
 
 
 class _Error(Exception):
-    """A problem found while reading nodes, before the location is formatted."""
+    """A problem found while reading nodes (at ``node``), before the location is formatted."""
 
-    def __init__(self, message: str, node: Node | None, hint: str | None = None):
+    def __init__(self, message: str, node: Node, hint: str | None = None):
         super().__init__(message)
         self.message = message
         self.node = node
@@ -125,8 +125,10 @@ class _Error(Exception):
 
 
 class _TooDeep(Exception):
+    """Nesting beyond MAX_NESTING, found at ``mark`` (reported as a DefinitionError)."""
+
     def __init__(self, mark: Any):
-        super().__init__("too deep")
+        super().__init__()
         self.mark = mark
 
 
@@ -453,8 +455,7 @@ def _compile(
                 fallback_name=fallback_name,
             )
     except _Error as exc:
-        location = where.node(exc.node) if exc.node is not None else where.at(0)
-        raise DefinitionError(exc.message, location=location, hint=exc.hint) from None
+        raise DefinitionError(exc.message, location=where.node(exc.node), hint=exc.hint) from None
     except _TooDeep as exc:
         raise DefinitionError(
             f"the YAML nests more than {MAX_NESTING} levels deep",
@@ -682,10 +683,10 @@ def _from_root(
             source_hash=_source_hash(doc, text),
             schedules=schedules,
         )
-        check_calls = _check_calls_hook()
-        if check_calls is not None:
-            check_calls(wf, namespace)
         from .api import check_executors
+        from .subworkflows import check_calls
+
+        check_calls(wf, namespace)
 
         check_executors(wf, location_of=lambda tid: f"{where.origin} line {wf[tid].line}")
     except DefinitionError as exc:
@@ -800,7 +801,7 @@ def read_schedules(
         root = _compose(text)
         if not isinstance(root, MappingNode):
             return []
-        top = {TOP_KEYS.get(k, k): v for k, _, v in build.items(root)}
+        top = {k: v for k, _, v in build.items(root)}  # name: and schedule: have no other spelling
         if "schedule" not in top:
             return []
         doc_name = build.value(top["name"]) if "name" in top else None
@@ -808,8 +809,7 @@ def read_schedules(
         absolute = os.path.abspath(os.fspath(target)) if target is not None else None
         return list(_schedules(top["schedule"], build, where, str(label or "workflow"), absolute))
     except _Error as exc:
-        location = where.node(exc.node) if exc.node is not None else where.at(0)
-        raise DefinitionError(exc.message, location=location, hint=exc.hint) from None
+        raise DefinitionError(exc.message, location=where.node(exc.node), hint=exc.hint) from None
     except _TooDeep as exc:
         raise DefinitionError(f"the YAML nests more than {MAX_NESTING} levels deep",
                               location=where.at(exc.mark.line, exc.mark.column), hint="flatten the structure") from None  # fmt: skip
@@ -1054,17 +1054,6 @@ def _source_hash(doc: Mapping[str, Any], text: str) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def _check_calls_hook() -> Callable[[Workflow, Mapping[str, Any] | None], None] | None:
-    """``kernelflow.subworkflows.check_calls`` when that module provides it."""
-    try:
-        from . import subworkflows  # type: ignore[attr-defined]
-    except ModuleNotFoundError as exc:
-        if exc.name == f"{__package__}.subworkflows":
-            return None
-        raise
-    return getattr(subworkflows, "check_calls", None)
-
-
 # --------------------------------------------------------------------------- files
 
 
@@ -1124,7 +1113,7 @@ def _ipython_namespace() -> dict[str, Any] | None:
         ip = sys.modules["IPython"].get_ipython()
     except Exception:  # noqa: BLE001 - no usable IPython: fall back to the caller's globals
         return None
-    return getattr(ip, "user_ns", None) if ip is not None else None
+    return getattr(ip, "user_ns", None)  # None when no shell is running
 
 
 # --------------------------------------------------------------------------- detection
@@ -1162,9 +1151,7 @@ def looks_like_yaml(body: str) -> bool:
             return True
         # Both parse: YAML only if the document is a mapping whose tasks: is a list.
         root = _compose(body)
-        if not isinstance(root, MappingNode):
-            return False
-        return any(
+        return isinstance(root, MappingNode) and any(
             isinstance(k, ScalarNode) and k.value in ("tasks", "steps") and isinstance(v, SequenceNode)
             for k, v in root.value
         )

@@ -857,3 +857,617 @@ def test_a_yaml_body_with_windows_line_endings_is_yaml():
     assert looks_like_yaml(crlf)
     assert compile_yaml("nightly", crlf, NS).task_ids == ("fetch", "parse", "each", "route")
     assert looks_like_yaml("inputs: {n: int}\r\ntasks:\r\n  - id: a\r\n    run: shell\r\n    argv: [ls]\r\n")
+
+
+# --- every error: its exact message, where it points and how to fix it ---------------------------
+
+_SHAPE_HINT = "a YAML workflow is a mapping with a tasks: list, e.g.\n  tasks:\n    - id: hello\n      run: shell\n      argv: [echo, hi]"
+S = _STEP
+
+
+@pytest.mark.parametrize(
+    "text, message, location, hint",
+    [
+        ("tasks:\n  - id: a\n    run: shell\n    argv: [ls]\n    <<: 3\n", 'a merge key (<<) takes a mapping or a list of mappings', 'cell line 6, column 9', '<<: *defaults'),
+        ("base: &b {run: shell}\ntasks: []\n", "unknown top-level key 'base'", 'cell line 2, column 1', 'the top-level keys are: name, inputs, tasks (or steps), max_parallel, executor, max_foreach_depth, max_subworkflow_depth, alerts, schedule'),
+        ("tasks:\n  - id: a\n    run: shell\n    argv: [ls]\n    ? {x: 1}\n    : 2\n", 'keys must be text, got a mapping', 'cell line 6, column 7', 'write each key as plain text, e.g. id: fetch'),
+        ("tasks:\n  - id: a\n    run: shell\n    argv: [ls]\n    1: 2\n", "key '1' is read by YAML as int 1; keys must be text", 'cell line 6, column 5', "quote it: '1':"),
+        ("tasks:\n  - id: a\n    run: shell\n    argv: [ls]\n    null: 2\n", "key 'null' is read by YAML as NoneType None; keys must be text", 'cell line 6, column 5', "quote it: 'null':"),
+        ("tasks:\n  - id: a\n    run: shell\n    argv: !custom [ls]\n", 'the YAML tag !custom is not supported here', 'cell line 5, column 11', 'remove the tag'),
+        ("tasks:\n  - id: a\n    run: shell\n    argv: !!set {ls}\n", 'the YAML tag !!set is not supported here', 'cell line 5, column 11', 'remove the tag'),
+        ("tasks:\n  - id: a\n    run: !!binary aGk=\n", 'the YAML tag !!binary is not supported', 'cell line 4, column 10', 'write plain values (text, numbers, true/false, null, lists, mappings)'),
+        ("tasks:\n  - id: a\n    run: shell\n    argv: [!!int abc]\n", "cannot read 'abc' as !!int: invalid literal for int() with base 10: 'abc'", 'cell line 5, column 12', 'remove the tag !!int, or write a value of that type'),
+        ("tasks:\n  - id: a\n    run: shell\n    argv: [9223372036854775808]\n", 'the number 9223372036854775808 is too large (whole numbers must fit in 64 bits)', 'cell line 5, column 12', 'quote it to keep it as text'),
+        ("tasks:\n  - id: a\n    run: shell\n    argv: [-9223372036854775809]\n", 'the number -9223372036854775809 is too large (whole numbers must fit in 64 bits)', 'cell line 5, column 12', 'quote it to keep it as text'),
+        ("tasks:\n  - id: a\n    run: shell\n    argv: &x {a: *x}\n", 'an alias refers to the collection that contains it (a recursive structure)', 'cell line 5, column 11', 'an alias (*name) cannot stand inside what it names: copy the values there instead'),
+        ("tasks:\n  - id: a\n    run: shell\n    argv: &x {<<: *x}\n", 'an alias refers to the mapping that contains it (a recursive structure)', 'cell line 5, column 11', 'an alias (*name) cannot stand inside what it names: copy the values there instead'),
+        ("tasks:\n  - !!omap {id: a}\n", 'the YAML tag !!omap is not supported here', 'cell line 3, column 5', 'remove the tag'),
+        ("", 'the YAML workflow is empty', 'cell line 2', _SHAPE_HINT),
+        ("# only a comment\n", 'the YAML workflow is empty', 'cell line 2', _SHAPE_HINT),
+        ("- a\n", 'a YAML workflow must be a mapping with a tasks: list, got a list', 'cell line 2, column 1', _SHAPE_HINT),
+        ("just text\n", "a YAML workflow must be a mapping with a tasks: list, got 'just text'", 'cell line 2, column 1', _SHAPE_HINT),
+        ("tsks: []\n", "unknown top-level key 'tsks' (did you mean 'tasks'?)", 'cell line 2, column 1', 'the top-level keys are: name, inputs, tasks (or steps), max_parallel, executor, max_foreach_depth, max_subworkflow_depth, alerts, schedule'),
+        ("zzzzz: 1\n", "unknown top-level key 'zzzzz'", 'cell line 2, column 1', 'the top-level keys are: name, inputs, tasks (or steps), max_parallel, executor, max_foreach_depth, max_subworkflow_depth, alerts, schedule'),
+        ("tasks: [{id: a, run: shell, argv: [ls]}]\nsteps: []\n", "'steps' repeats 'tasks', given already on line 2", 'cell line 3, column 1', "'steps' and 'tasks' are the same key: keep one of them"),
+        ("name: 3\n" + S, 'name must be a Python identifier (the workflow is bound to it), got 3', 'cell line 2, column 7', 'use letters, digits and underscores, not starting with a digit, e.g. nightly_etl'),
+        ("name: other\n" + S, "the YAML says name: other, but the cell defines workflow 'flow'", 'cell line 2, column 7', "make them agree, or remove name: (the cell's %%workflow flow names it)"),
+        ("max_parallel: true\n" + S, 'max_parallel must be a whole number >= 1, got True', 'cell line 2, column 15', 'e.g. max_parallel: 4'),
+        ("max_foreach_depth: 0\n" + S, 'max_foreach_depth must be a whole number >= 1, got 0', 'cell line 2, column 20', 'e.g. max_foreach_depth: 4'),
+        ("max_subworkflow_depth: 1.5\n" + S, 'max_subworkflow_depth must be a whole number >= 1, got 1.5', 'cell line 2, column 24', 'e.g. max_subworkflow_depth: 4'),
+        ("executor: ''\n" + S, "executor must be an executor name such as 'threads', got ''", 'cell line 2, column 11', 'executor: threads (or processes, or the name a plugin registers)'),
+        ("executor: 3\n" + S, "executor must be an executor name such as 'threads', got 3", 'cell line 2, column 11', 'executor: threads (or processes, or the name a plugin registers)'),
+        ("inputs: 3\n" + S, "inputs must map input names to types, got '3'", 'cell line 2, column 9', 'inputs: {date: str, limit: {type: int, default: 10}}'),
+        ("inputs: {a-b: str}\n" + S, "input name must be a Python identifier, got 'a-b'", 'cell line 2, column 10', 'inputs: {date: str}'),
+        ("inputs: {store: str}\n" + S, "input 'store' is reserved for run options", 'cell line 2, column 10', 'rename it; reserved names: observers, raise_on_failure, run_id, store'),
+        ("inputs: {n: {type: int, zzz: 1}}\n" + S, "input 'n': unknown key 'zzz'", 'cell line 2, column 25', 'an input takes type and default: {type: int, default: 3}'),
+        ("inputs: {n: 3}\n" + S, "input 'n': type must be one of str, int, float, bool, list, dict, any, got 3", 'cell line 2, column 13', 'n: str, or n: {type: int, default: 3}'),
+        ("inputs: {n: zzzzz}\n" + S, "input 'n': type must be one of str, int, float, bool, list, dict, any, got 'zzzzz'", 'cell line 2, column 13', 'n: str, or n: {type: int, default: 3}'),
+        ("inputs: {n: {type: int, default: x}}\n" + S, "input 'n': the default 'x' is not of type int", 'cell line 2, column 34', 'give a int default, or use type: any'),
+        ("tasks:\n", 'tasks must be a non-empty list of steps, got nothing', 'cell line 2, column 1', 'tasks:\n    - id: fetch\n      run: shell\n      argv: [echo, hi]'),
+        ("tasks: ~\n", 'tasks must be a non-empty list of steps, got nothing', 'cell line 2, column 8', 'tasks:\n    - id: fetch\n      run: shell\n      argv: [echo, hi]'),
+        ("tasks: null\n", 'tasks must be a non-empty list of steps, got nothing', 'cell line 2, column 8', 'tasks:\n    - id: fetch\n      run: shell\n      argv: [echo, hi]'),
+        ("tasks: ''\n", 'tasks must be a non-empty list of steps, got nothing', 'cell line 2, column 1', 'tasks:\n    - id: fetch\n      run: shell\n      argv: [echo, hi]'),
+        ("tasks: []\n", 'tasks must be a non-empty list of steps, got a list', 'cell line 2, column 8', 'tasks:\n    - id: fetch\n      run: shell\n      argv: [echo, hi]'),
+        ("tasks: 3\n", "tasks must be a non-empty list of steps, got '3'", 'cell line 2, column 8', 'tasks:\n    - id: fetch\n      run: shell\n      argv: [echo, hi]'),
+        ("tasks:\n  - 3\n", "step 1 must be a mapping with an id, got '3'", 'cell line 3, column 5', '- id: fetch\n    run: python:fetch'),
+        ("tasks:\n  - [a]\n", 'step 1 must be a mapping with an id, got a list', 'cell line 3, column 5', '- id: fetch\n    run: python:fetch'),
+        ("tasks:\n  - run: shell\n", 'step 1 has no id', 'cell line 3, column 5', 'give every step an id: - id: fetch (letters, digits, underscores)'),
+        ("tasks:\n  - id: 1a\n", "step 1: id must be a Python identifier, got '1a'", 'cell line 3, column 9', 'use letters, digits and underscores, not starting with a digit, e.g. fetch_data'),
+        ("tasks:\n  - id: a\n    run: shell\n    argv: [ls]\n  - id: a\n", "task 'a' is defined twice (cell lines 3 and 6)", 'cell line 6, column 9', "rename one of the two steps called 'a'; task ids must be unique"),
+        ("tasks:\n  - id: a\n    run: shell\n    argv: [ls]\n    needs: b\n", "task 'a': needs names 'b', which is not a task of this workflow", 'cell line 6, column 12', 'name an existing step id'),
+        ("tasks:\n  - id: a\n    run: shell\n    argv: [ls]\n    after: [zz]\n", "task 'a': after names 'zz', which is not a task of this workflow", 'cell line 6, column 12', 'name an existing step id'),
+        ("tasks:\n  - id: fetch\n    run: shell\n    argv: [ls]\n  - id: b\n    run: shell\n    argv: [ls]\n    after: [fetsh]\n", "task 'b': after names 'fetsh', which is not a task of this workflow (did you mean 'fetch'?)", 'cell line 9, column 12', 'name an existing step id'),
+        ("tasks:\n  - id: a\n    run: shell\n    argv: [ls]\n    skip_to: {step: zz, when: 'true'}\n", "task 'a': skip_to names 'zz', which is not a task of this workflow", 'cell line 6, column 14', 'name an existing step id'),
+        ("inputs: {day: str}\ntasks:\n  - id: a\n    run: shell\n    argv: [ls]\n    when: '{{inputs.dya}} == 1'\n", "task 'a' reads {{inputs.dya}}, but the workflow declares no input 'dya' (did you mean 'day'?)", 'cell line 7, column 11', 'declare it under inputs: (dya: str), or fix the name'),
+        ("inputs: {day: str}\ntasks:\n  - id: a\n    run: shell\n    argv: ['{{inputs.zzz}}']\n", "task 'a' reads {{inputs.zzz}}, but the workflow declares no input 'zzz'", 'cell line 6, column 11', 'declare it under inputs: (zzz: str), or fix the name'),
+        # located by the key: aliases (backTo, retryDelay, onTimeout), a step kind's settings, else run:
+        ("tasks:\n  - id: fetch\n    run: shell\n    argv: [ls]\n  - id: a\n    run: shell\n    argv: [ls]\n    backTo: fetsh\n", "task 'a': back_to names 'fetsh', which is not a task of this workflow (did you mean 'fetch'?)", 'cell line 9, column 13', 'name an existing step id'),
+        ("tasks:\n  - id: a\n    run: shell\n    argv: [ls]\n    retryDelay: fast\n", "task 'a': retry_delay must be a duration like 30, '500ms', '30s', '5m' or '2h', got 'fast'", 'cell line 6, column 17', 'docs/steps.md lists every step key and the values it accepts'),
+        ("tasks:\n  - id: a\n    run: notebook\n    notebook: report.txt\n", "task 'a': notebook 'report.txt' is not a .ipynb file", 'cell line 5, column 15', 'docs/steps.md lists every step key and the values it accepts'),
+        ("tasks:\n  - id: a\n    run: notebook\n", "task 'a' runs a notebook but names none", 'cell line 4, column 10', 'notebook: reports/child.ipynb (relative to the workflow file, or to the current folder)'),
+        ("tasks:\n  - id: a\n    run: http\n    method: 3\n    url: http://x.org\n", "task 'a': method must be one of GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS, got 3", 'cell line 5, column 13', 'docs/steps.md lists every step key and the values it accepts'),
+        ("tasks:\n  - id: a\n    run: http\n    url: 'ftp://x.org/'\n    method: GET\n", "task 'a': url must start with http:// or https://, got 'ftp://x.org/'", 'cell line 5, column 10', 'docs/steps.md lists every step key and the values it accepts'),
+        ("tasks:\n  - id: a\n    run: http\n", "task 'a' runs http but has no url", 'cell line 3, column 5', 'url: https://...'),
+        ("tasks:\n  - id: a\n    run: shell\n", "task 'a' runs shell but has no argv", 'cell line 3, column 5', 'argv: [ls, -l, data/] (a list: no shell interpolation)'),
+        ("tasks:\n  - id: a\n    run: shell\n    shell: true\n    argv: [ls, '{{tasks.zz.output}}']\n", "task 'a': with shell: true, argv must be one command string, got ['ls', '{{tasks.zz.output}}']", 'cell line 6, column 11', "argv: 'ls -l | wc -l'  (runs through /bin/sh: never put untrusted values in it)"),
+        ("tasks:\n  - id: a\n    run: shell\n    argv: [ls]\n    cwd: '{{tasks.zz.output}}'\n", "task 'a': {{tasks.zz.output}} names task 'zz', which is not in this workflow", 'cell line 6, column 10', 'fix the task id in the template'),
+        ("tasks:\n  - id: a\n    run: http\n    url: http://x.org\n    headers: {A: '{{tasks.zz.output}}'}\n", "task 'a': {{tasks.zz.output}} names task 'zz', which is not in this workflow", 'cell line 6, column 14', 'fix the task id in the template'),
+        ("tasks:\n  - id: a\n    run: workflow:helper_flow\n    input: {x: '{{tasks.zz.output}}'}\n", "task 'a': {{tasks.zz.output}} names task 'zz', which is not in this workflow", 'cell line 5, column 12', 'fix the task id in the template'),
+        ("tasks:\n  - id: a\n    run: python:nope\n", "task 'a': python:nope names no function in the notebook", 'cell line 4, column 10', 'define `def nope(...)` in an earlier cell, or write module:function for an importable one'),
+        ("tasks:\n  - id: a\n    run: workflow:nope_flow\n", "task 'a' calls workflow 'nope_flow', which is not defined (did you mean 'helper_flow'?)", 'cell line 3', "define workflow 'nope_flow' in an earlier cell (or load it) before this one"),
+        ("tasks:\n  - id: a\n    run: shell\n    argv: [ls]\n    when: '{{tasks.zz.output}}'\n", "task 'a': {{tasks.zz.output}} names task 'zz', which is not in this workflow", 'cell line 6, column 11', 'fix the task id in the template'),
+        ("tasks:\n  - id: a\n    run: shell\n    argv: [ls]\n    onTimeout: skip\n", "task 'a': on_timeout is set but the step has no timeout", 'cell line 6, column 16', 'add timeout: 30s (or remove on_timeout)'),
+        ("tasks:\n  - id: a\n    run: shell\n    argv: [ls]\n    'on': 1\n", "task 'a': unknown key 'on' (did you mean 'json'?)", 'cell line 6, column 11', 'the step keys are: run, needs, after, input, output, when, switch, for_each, back_to, skip_to, continue_on_failure, fallback, compensate, circuit_breaker, timeout, on_timeout, executor, approval, sleep, retries, max_attempts, backoff, retry_delay, max_delay, jitter, retry_on, argv, shell, cwd, env, inherit_env, max_output, stdin, method, url, headers, json, params, max_body, notebook, parameters, kernel'),
+        # an undeclared input is reported at the key that reads it, in templates and conditions
+        ("inputs: {day: str}\ntasks:\n  - id: a\n    run: shell\n    argv: [ls]\n    back_to: {step: a, when: 'inputs.dya == 1'}\n", "task 'a' reads {{inputs.dya}}, but the workflow declares no input 'dya' (did you mean 'day'?)", 'cell line 7, column 14', 'declare it under inputs: (dya: str), or fix the name'),
+        ("inputs: {day: str}\ntasks:\n  - id: a\n    run: shell\n    argv: [ls]\n  - id: b\n    run: shell\n    argv: [ls]\n    skip_to: {step: c, when: '{{inputs.dya}} == 1'}\n  - id: c\n    run: shell\n    argv: [ls]\n", "task 'b' reads {{inputs.dya}}, but the workflow declares no input 'dya' (did you mean 'day'?)", 'cell line 10, column 14', 'declare it under inputs: (dya: str), or fix the name'),
+        ("inputs: {day: str}\ntasks:\n  - id: a\n    run: shell\n    argv: [ls]\n    when: 'inputs.dya == 1'\n", "task 'a' reads {{inputs.dya}}, but the workflow declares no input 'dya' (did you mean 'day'?)", 'cell line 7, column 11', 'declare it under inputs: (dya: str), or fix the name'),
+        ("inputs: {day: str}\ntasks:\n  - id: a\n    run: shell\n    argv: [ls]\n    env: {X: 'a {{ b'}\n    when: '{{inputs.zz}}'\n", "unclosed '{{' at column 3 of template 'a {{ b'", 'cell line 7, column 10', 'close the reference with }}, like {{inputs.name}}'),
+        ("inputs: {day: str}\ntasks:\n  - id: a\n    run: python:process\n    forEach: {items: '{{inputs.ids}}', as: id}\n", "task 'a' reads {{inputs.ids}}, but the workflow declares no input 'ids'", 'cell line 6, column 14', 'declare it under inputs: (ids: str), or fix the name'),
+        ("inputs: {day: str}\ntasks:\n  - id: a\n    run: shell\n    argv: [ls]\n    approval: {message: 'ok {{inputs.dya}}'}\n", "task 'a' reads {{inputs.dya}}, but the workflow declares no input 'dya' (did you mean 'day'?)", 'cell line 7, column 15', 'declare it under inputs: (dya: str), or fix the name'),
+        ("inputs: {day: str}\ntasks:\n  - id: a\n    run: shell\n    argv: [ls, '{{inputs.day}}']\n    when: '{{inputs.dya}} == 1'\n", "task 'a' reads {{inputs.dya}}, but the workflow declares no input 'dya' (did you mean 'day'?)", 'cell line 7, column 11', 'declare it under inputs: (dya: str), or fix the name'),
+        ("inputs: {day: str}\ntasks:\n  - id: a\n    switch: {value: '{{inputs.dya}}', cases: {x: python:handle_a}}\n", "task 'a' reads {{inputs.dya}}, but the workflow declares no input 'dya' (did you mean 'day'?)", 'cell line 5, column 13', 'declare it under inputs: (dya: str), or fix the name'),
+        ("inputs: {day: str}\ntasks:\n  - id: a\n    run: shell\n    argv: [ls, '{{inputs}}']\n", "task 'a': {{inputs}} names no input", 'cell line 6, column 11', '{{inputs.NAME}}'),
+        ("tasks:\n  - id: a\n    <<: [{run: shell, argv: [ls]}, 3]\n", 'a merge key (<<) takes a mapping or a list of mappings', 'cell line 4, column 36', '<<: *defaults'),
+        (S + "    after: a2\n", "task 'a': after names 'a2', which is not a task of this workflow (did you mean 'a'?)", 'cell line 6, column 12', 'name an existing step id'),
+        ("tasks:\n  - id: a\n    switch: 3\n", "task 'a': switch must be a mapping with value, cases and optionally default, got 3", 'cell line 4, column 13', "switch: {value: '{{tasks.parse.output.kind}}', cases: {a: python:handle_a}, default: python:other}"),
+        ("inputs: {n: {type: zz, default: 1}}\n" + S, "input 'n': type must be one of str, int, float, bool, list, dict, any, got 'zz'", 'cell line 2, column 20', 'n: str, or n: {type: int, default: 3}'),
+        ("inputs: {day: str}\ntasks:\n  - id: a\n    run: shell\n    argv: [ls]\n    backTo: {step: a, when: 'inputs.dya == 1'}\n", "task 'a' reads {{inputs.dya}}, but the workflow declares no input 'dya' (did you mean 'day'?)", 'cell line 7, column 13', 'declare it under inputs: (dya: str), or fix the name'),
+        ("inputs: {day: str}\ntasks:\n  - id: a\n    run: shell\n    argv: [ls]\n  - id: b\n    run: shell\n    argv: [ls]\n    skip_to: {step: c, when: 'inputs.dya == 1'}\n  - id: c\n    run: shell\n    argv: [ls]\n", "task 'b' reads {{inputs.dya}}, but the workflow declares no input 'dya' (did you mean 'day'?)", 'cell line 10, column 14', 'declare it under inputs: (dya: str), or fix the name'),
+    ],
+)  # fmt: skip
+def test_each_error_says_exactly_what_where_and_how_to_fix(text, message, location, hint, parser):
+    with pytest.raises(DefinitionError) as info:
+        compile_yaml("flow", text, NS)
+    err = info.value
+    assert (err.message, err.location, err.hint) == (message, location, hint)
+
+
+_FIX_YAML = "fix the YAML on that line: indent with spaces, and quote values that contain ': ', '#', '{{' or start with '@' or '`'"
+_CONTROL = "remove the control character (or write it as an escape inside a double-quoted string)"
+
+
+@pytest.mark.parametrize(
+    "text, messages, location, hint",
+    [
+        # libyaml and PyYAML's pure-Python parser word their problems differently: (libyaml, python)
+        ("tasks:\n  - id: a\n\trun: shell\n",
+         ("invalid YAML: found a tab character that violates indentation (while scanning a plain scalar)",
+          "invalid YAML: found character '\\t' that cannot start any token (while scanning for the next token)"),
+         "cell line 4, column 1", "YAML indents with spaces, never tabs: replace the tab"),
+        ("tasks:\n  - id: a\n    run: a: b\n",
+         ("invalid YAML: mapping values are not allowed in this context", "invalid YAML: mapping values are not allowed here"),
+         "cell line 4, column 11", "quote a value that contains ': ' (e.g. \"a: b\"), or fix the indentation"),
+        ("tasks: []\n---\ntasks: []\n",
+         ("invalid YAML: but found another document (expected a single document in the stream)",) * 2,
+         "cell line 3, column 1", "a workflow is one YAML document: remove the '---' separator and what follows"),
+        ("tasks:\n  - id: a\n    run: `x\n",
+         # libyaml does not say which character: the compiler adds it
+         ("invalid YAML: found character that cannot start any token ('`') (while scanning for the next token)",
+          "invalid YAML: found character '`' that cannot start any token (while scanning for the next token)"),
+         "cell line 4, column 10", "quote the value that starts with this character"),
+        ("tasks:\n  - id: a\n    run: shell\n    argv: {a: 1\n",
+         ("invalid YAML: did not find expected ',' or '}' (while parsing a flow mapping)",
+          "invalid YAML: expected ',' or '}', but got '<stream end>' (while parsing a flow mapping)"),
+         "cell line 6, column 1", _FIX_YAML),
+        ("tasks:\n  - id: a\n    run: shell\n    argv: [*nope]\n",
+         ("invalid YAML: found undefined alias", "invalid YAML: found undefined alias 'nope'"),
+         "cell line 5, column 12", _FIX_YAML),
+        ("tasks: [{id: a, run: shell, argv: [ls]}]\n...\nfoo\n",
+         ("invalid YAML: did not find expected <document start>", "invalid YAML: expected '<document start>', but found '<scalar>'"),
+         "cell line 4, column 1", _FIX_YAML),
+        ("tasks:\n  - id: a\n    run: shell\n    argv: [echo, \"\x07\"]\n",
+         ("invalid YAML: the character '\\x07' is not allowed (control characters are not allowed)",
+          "invalid YAML: the character '\\x07' is not allowed (special characters are not allowed)"),
+         "cell line 5, column 19", _CONTROL),
+        ("\x01tasks: []\n",
+         ("invalid YAML: the character '\\x01' is not allowed (control characters are not allowed)",
+          "invalid YAML: the character '\\x01' is not allowed (special characters are not allowed)"),
+         "cell line 2, column 1", _CONTROL),
+        ("tasks:\n  - id: a\n    run: shell\n    argv: [ls]\n\x0c\n",
+         ("invalid YAML: the character '\\x0c' is not allowed (control characters are not allowed)",
+          "invalid YAML: the character '\\x0c' is not allowed (special characters are not allowed)"),
+         "cell line 6, column 1", _CONTROL),
+    ],
+)  # fmt: skip
+def test_invalid_yaml_is_reported_with_its_problem_place_and_fix(text, messages, location, hint, parser):
+    err = compile_error(text)
+    assert err.message == messages[0 if parser == "libyaml" else 1]
+    assert (err.location, err.hint) == (location, hint)
+
+
+def compile_error(text: str, name: str | None = "flow", **kw: Any) -> DefinitionError:
+    with pytest.raises(DefinitionError) as info:
+        compile_yaml(name, text, NS, **kw)
+    return info.value
+
+
+# --- limits and boundaries ---------------------------------------------------------------------
+
+_ARGV = "tasks:\n  - id: a\n    run: shell\n    argv: [ls]\n"
+
+
+def _deep_default(levels: int) -> str:
+    # the root, inputs: and n: are three levels: the default adds the rest
+    return "inputs: {n: {type: any, default: " + "[" * levels + "]" * levels + "}}\n" + _ARGV
+
+
+def test_the_text_may_nest_exactly_64_levels(parser):
+    assert cell(_deep_default(61)).declared_inputs[0].default is not None
+    err = compile_error(_deep_default(62))
+    assert (err.message, err.location, err.hint) == ("the YAML nests more than 64 levels deep", "cell line 2, column 95", "flatten the structure")
+
+
+def _aliased_depth(levels: int) -> str:
+    # A is 40 levels deep; m's default puts it under `levels` more: deeper than the text itself
+    return (
+        "inputs: {n: {type: any, default: &A " + "[" * 40 + "]" * 40 + "}, m: {type: any, default: "
+        + "[" * levels + "*A" + "]" * levels + "}}\n" + _ARGV
+    )
+
+
+def test_values_may_nest_64_levels_through_aliases(parser):
+    assert [d.name for d in cell(_aliased_depth(24)).declared_inputs] == ["n", "m"]
+    err = compile_error(_aliased_depth(25))
+    assert err.message == "values nest deeper than 64 levels (through aliases)"
+    assert err.location == "cell line 2, column 76"
+    assert err.hint == "flatten the structure, or use fewer nested aliases"
+
+
+def test_aliases_may_add_exactly_max_alias_nodes_values(monkeypatch):
+    # *v repeats a list of two: three values (the list and its items) added by the alias.
+    text = "tasks:\n  - id: a\n    run: shell\n    argv: &v [ls, -l]\n  - id: b\n    run: shell\n    argv: *v\n"
+    monkeypatch.setattr(yaml_compiler, "MAX_ALIAS_NODES", 3)
+    assert compile_yaml("flow", text, NS)["b"].spec.action["argv"] == ["ls", "-l"]
+    monkeypatch.setattr(yaml_compiler, "MAX_ALIAS_NODES", 2)
+    err = compile_error(text)
+    assert err.message == "aliases expand to more than 2 values"
+    assert err.location == "cell line 5, column 19"
+    assert err.hint == "use fewer nested aliases (this looks like a 'billion laughs' document)"
+
+
+def test_merged_values_count_as_alias_values(monkeypatch):
+    text = "tasks:\n  - &s {id: a, run: shell, argv: [ls]}\n  - {<<: *s, id: b}\n"
+    monkeypatch.setattr(yaml_compiler, "MAX_ALIAS_NODES", 4)  # the merged mapping, run, argv and ls
+    assert compile_yaml("flow", text, NS).task_ids == ("a", "b")
+    monkeypatch.setattr(yaml_compiler, "MAX_ALIAS_NODES", 3)
+    assert compile_error(text).message == "aliases expand to more than 3 values"
+
+
+def test_whole_numbers_must_fit_in_64_bits(parser):
+    wf = cell("""
+        inputs:
+          big: {type: int, default: 9223372036854775807}
+          small: {type: int, default: -9223372036854775808}
+          flag: {type: bool, default: true}
+        tasks:
+          - {id: a, run: shell, argv: [ls]}
+        """)
+    assert [d.default for d in wf.declared_inputs] == [2**63 - 1, -(2**63), True]
+
+
+def test_merge_keys_explicit_keys_win_then_the_first_merged_mapping():
+    wf = cell("""
+        tasks:
+          - id: a
+            <<: [{run: shell, argv: [first], retries: 1}, {run: http, argv: [second], retries: 2, timeout: 5s}]
+            retries: 3
+        """)
+    assert wf["a"].spec.kind == "shell"
+    assert wf["a"].spec.action["argv"] == ["first"]
+    assert (wf["a"].options.retries, wf["a"].options.timeout) == (3, 5.0)
+
+
+def test_switch_case_labels_are_spelled_as_text():
+    wf = cell("""
+        tasks:
+          - id: parse
+            run: python:parse_json
+            input: {fetch: 1}
+          - id: route
+            switch:
+              value: "{{tasks.parse.output.kind}}"
+              cases: {no: python:handle_a, 2.5: python:handle_b, ~: python:other, yes: python:other}
+        """)
+    assert list(wf["route"].spec.switch["cases"]) == ["false", "2.5", "null", "true"]
+
+
+def test_switch_written_without_cases_mapping_keeps_its_values():
+    wf = cell("""
+        tasks:
+          - id: parse
+            run: python:parse_json
+            input: {fetch: 1}
+          - id: route
+            switch: {value: "{{tasks.parse.output.kind}}", cases: {a: python:handle_a}, default: python:other}
+        """)
+    assert wf["route"].spec.switch["default"] == "python:other"
+
+
+# --- names, the header line, workflow settings ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, text, kw, message, location, hint",
+    [
+        ("flow", b"tasks: []", {}, "a YAML workflow must be text, got bytes", "cell line 1", "pass the YAML document as a str"),
+        # the header is the line above the text (the magic's), never line 0
+        ("flow", 3, {"first_line": 1}, "a YAML workflow must be text, got int", "cell line 1", "pass the YAML document as a str"),
+        ("flow", 3, {"first_line": 5, "origin": "x.yaml"}, "a YAML workflow must be text, got int", "x.yaml line 4", "pass the YAML document as a str"),
+        (None, _ARGV, {}, "the workflow has no name", "cell line 1", "write %%workflow NAME, or add name: NAME to the YAML"),
+        ("9x", _ARGV, {}, "workflow name must be a Python identifier, got '9x'", "cell line 1", "write %%workflow my_flow (letters, digits, underscores)"),
+        (5, _ARGV, {}, "workflow name must be a Python identifier, got 5", "cell line 1", "write %%workflow my_flow (letters, digits, underscores)"),
+        ("flow", "", {"origin": "f.yaml", "first_line": 1}, "the YAML workflow is empty", "f.yaml line 1", _SHAPE_HINT),
+        ("flow", "name: other\n" + _ARGV, {"first_line": 7}, "the YAML says name: other, but the cell defines workflow 'flow'",
+         "cell line 7, column 7", "make them agree, or remove name: (the cell's %%workflow flow names it)"),
+    ],
+)  # fmt: skip
+def test_the_workflow_and_its_name_are_checked_at_the_header(name, text, kw, message, location, hint):
+    err = compile_error(text, name=name, **kw)
+    assert (err.message, err.location, err.hint) == (message, location, hint)
+
+
+def test_the_compile_defaults_are_a_cell_whose_body_starts_on_line_2():
+    wf = compile_yaml("flow", _ARGV, NS)
+    assert wf.origin == "cell" and wf["a"].line == 3
+    wf = compile_yaml("flow", _ARGV, NS, origin="f.yaml", first_line=1)
+    assert wf.origin == "f.yaml" and wf["a"].line == 2
+
+
+def test_an_unregistered_executor_is_reported_where_it_was_chosen():
+    hint = "pick a registered executor, or install the plugin that provides this one"
+    err = compile_error(_ARGV, executor="warp")  # the magic's flag: its line
+    assert err.message.startswith("workflow 'flow' asks for executor 'warp', which is not registered")
+    assert (err.location, err.hint) == ("cell line 1", hint)
+    err = compile_error("executor: warp\n" + _ARGV)
+    assert err.message.startswith("workflow 'flow' asks for executor 'warp', which is not registered")
+    assert (err.location, err.hint) == ("cell line 2, column 11", hint)
+    err = compile_error(_ARGV + "    executor: warp\n")  # a step's own: the step's line
+    assert err.message.startswith("task 'a' asks for executor 'warp', which is not registered")
+    assert (err.location, err.hint) == ("cell line 3", hint)
+    assert compile_yaml("flow", "executor: warp\n" + _ARGV, NS, executor="threads").executor == "threads"
+
+
+def test_model_errors_without_a_line_are_placed_at_tasks_or_the_executor_flag():
+    hint = "use one of the accepted values above (help(kf.task) lists every option)"
+    err = compile_error("name: flow\n" + _ARGV, max_parallel=0)
+    assert type(err) is kf.OptionError  # relocated, still the same kind of error
+    assert (err.message, err.location, err.hint) == ("max_parallel must be a whole number >= 1, got 0", "cell line 3, column 1", hint)
+    err = compile_error(_ARGV, executor="")
+    assert (err.message, err.location, err.hint) == ("executor must be an executor name such as 'threads', got ''", "cell line 1", hint)
+
+
+def test_a_cycle_stays_a_cycle_error_at_its_lines():
+    with pytest.raises(CycleError) as info:
+        compile_yaml("flow", "tasks:\n  - {id: a, run: shell, argv: [ls], needs: b}\n  - {id: b, run: shell, argv: [ls], needs: a}\n", NS)
+    assert info.value.cycle == ["a", "b", "a"]
+    assert info.value.location == "cell lines 3, 4"
+    assert info.value.hint == "remove one of these dependencies so the tasks form a DAG"
+
+
+def test_limits_of_one_are_accepted():
+    wf = cell("max_parallel: 1\nmax_foreach_depth: 1\nmax_subworkflow_depth: 1\n" + _ARGV)
+    assert (wf.max_parallel, wf.max_foreach_depth, wf.max_subworkflow_depth) == (1, 1, 1)
+    default = cell(_ARGV)
+    assert (default.max_parallel, default.max_foreach_depth, default.max_subworkflow_depth, default.executor) == (8, 3, 5, "threads")
+
+
+def test_inputs_left_empty_declare_none_and_a_default_alone_is_of_any_type():
+    assert cell("inputs:\n" + _ARGV).declared_inputs == ()
+    assert cell("inputs: null\n" + _ARGV).declared_inputs == ()
+    wf = cell("inputs: {n: {default: 3}, m: {type: int}}\n" + _ARGV)
+    assert wf.declared_inputs == (InputDecl("n", "any", True, 3), InputDecl("m", "int"))
+
+
+# --- schedule: --------------------------------------------------------------------------------
+
+_SCHEDULE_HINT = "schedule: {cron: '0 6 * * *', timezone: Europe/Paris}"
+
+
+@pytest.mark.parametrize(
+    "schedule, message, location, hint",
+    [
+        ("schedule: []\n", "schedule: is an empty list", "cell line 2, column 11", _SCHEDULE_HINT),
+        ("schedule: daily\n", "schedule must be a mapping (or a list of mappings), got 'daily'", "cell line 2, column 11", _SCHEDULE_HINT),
+        ("schedule: [daily]\n", "each schedule must be a mapping, got 'daily'", "cell line 2, column 12", _SCHEDULE_HINT),
+        ("schedule: {cron: '0 6 * * *', target: x.ipynb}\n", "a schedule declared in a workflow runs this workflow: it takes no target:",
+         "cell line 2, column 39", "remove target: (to schedule another file, declare the schedule there or use kf.schedule)"),
+        ("schedule:\n  - {cron: '0 6 * * *'}\n  - {cron: '0 7 * * *'}\n", "two schedules are named 'flow' (cell lines 3 and 4)",
+         "cell line 4, column 5", "give each schedule its own name: (the first one defaults to the workflow's name)"),
+        # parse_schedule's own errors, at the key it names or at the schedule
+        ("schedule: {every: 1h, cron: nope}\n", "schedule 'flow': give either cron or every, not both", "cell line 2, column 19",
+         "keep one of them (or declare two schedules with distinct names)"),
+        ("schedule: {timezone: UTC}\n", "schedule 'flow': no cron or every: the schedule would never fire", "cell line 2, column 11",
+         "add cron: '*/15 * * * *' or every: 15m (or a webhook: to run it only when called)"),
+    ],
+)  # fmt: skip
+def test_schedule_errors_point_at_the_schedule(schedule, message, location, hint):
+    err = compile_error(schedule + _ARGV)
+    assert (err.message, err.location, err.hint) == (message, location, hint)
+
+
+def test_schedules_in_a_cell_have_no_target_and_in_a_file_run_the_file(tmp_path):
+    wf = cell("schedule:\n  - {cron: '0 6 * * *'}\n  - {cron: '0 7 * * *', name: late}\n" + _ARGV)
+    assert [(s.name, s.target, s.cron, s.origin) for s in wf.schedules] == [
+        ("flow", None, "0 6 * * *", "cell"), ("late", None, "0 7 * * *", "cell")]
+    path = tmp_path / "good.yaml"
+    path.write_text("schedule: {cron: '0 6 * * *'}\n" + _ARGV)
+    assert [(s.name, s.target, s.origin) for s in load(path, NS).schedules] == [("good", str(path), str(path))]
+    assert cell(_ARGV).schedules == ()
+
+
+def test_read_schedules_of_a_file_and_of_a_cells_text(tmp_path):
+    path = tmp_path / "good.yaml"
+    path.write_text("schedule: {cron: '0 6 * * *'}\n" + _ARGV)
+    assert [(s.name, s.target, s.origin) for s in yaml_compiler.read_schedules(path)] == [("good", str(path), str(path))]
+    named = tmp_path / "other.yaml"
+    named.write_text("name: nightly\nschedule: {cron: '0 6 * * *'}\n" + _ARGV)
+    assert [s.name for s in yaml_compiler.read_schedules(named)] == ["nightly"]
+    assert [s.name for s in yaml_compiler.read_schedules(named, name="ignored")] == ["nightly"]
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(_ARGV)
+    assert yaml_compiler.read_schedules(plain) == []
+    notebook = tmp_path / "nb.ipynb"
+    notebook.write_text("{}")
+    text = "schedule: {cron: '0 6 * * *'}\n" + _ARGV
+    (s,) = yaml_compiler.read_schedules(text=text, name="cellflow", target=notebook, origin="nb.ipynb cell 3", first_line=2)
+    assert (s.name, s.target, s.origin) == ("cellflow", str(notebook), "nb.ipynb cell 3")
+    assert [(s.name, s.target, s.origin) for s in yaml_compiler.read_schedules(text=text)] == [("workflow", None, "cell")]
+    with pytest.raises(DefinitionError, match="target file .*missing.ipynb' does not exist"):
+        yaml_compiler.read_schedules(text=text, target=tmp_path / "missing.ipynb")
+    assert [s.name for s in yaml_compiler.read_schedules(text="name: docname\n" + text)] == ["docname"]
+    assert [s.name for s in yaml_compiler.read_schedules(text="name: ''\n" + text, name="fromcell")] == ["fromcell"]
+    assert yaml_compiler.read_schedules(text="- a\n") == []
+    assert yaml_compiler.read_schedules(text="") == []
+
+
+def test_read_schedules_errors_name_the_file_or_cell_and_line(tmp_path):
+    def error(*args, **kw):
+        with pytest.raises(DefinitionError) as info:
+            yaml_compiler.read_schedules(*args, **kw)
+        return info.value.message, info.value.location, info.value.hint
+
+    readable = "check that it is a readable file"
+    assert error(tmp_path / "nope.yaml") == (
+        f"cannot read workflow file '{tmp_path / 'nope.yaml'}': No such file or directory", str(tmp_path / "nope.yaml"), readable)
+    assert error(tmp_path) == (f"cannot read workflow file '{tmp_path}': Is a directory", str(tmp_path), readable)
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"tasks:\n\xff\n")
+    assert error(binary) == ("the file is not UTF-8 text", str(binary), "save the file as UTF-8")
+    bad = "schedule: 3\n" + _ARGV
+    assert error(text=bad, origin="o.yaml") == (
+        "schedule must be a mapping (or a list of mappings), got '3'", "o.yaml line 1, column 11", _SCHEDULE_HINT)
+    assert error(text=bad)[1] == "cell line 1, column 11"
+    assert error(text=bad, origin="nb.ipynb", first_line=4)[1] == "nb.ipynb line 4, column 11"
+    assert error(text="a: b: c\n")[:2] == ("invalid YAML: mapping values are not allowed in this context", "cell line 1, column 5")
+    assert error(text="schedule: " + "[" * 70 + "]" * 70 + "\n") == (
+        "the YAML nests more than 64 levels deep", "cell line 1, column 74", "flatten the structure")
+    assert error(text="schedule: {}\nschedule: {}\n") == (
+        "key 'schedule' is given twice in this mapping (cell lines 1 and 2)", "cell line 2, column 1",
+        "remove one of them (YAML would silently keep only the last)")
+    with pytest.raises(TypeError, match=r"^read_schedules\(\) needs a path or text=$"):
+        yaml_compiler.read_schedules()
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+def test_load_errors_say_what_is_wrong_with_the_file(tmp_path):
+    def error(path):
+        with pytest.raises(DefinitionError) as info:
+            load(path, NS)
+        return info.value.message, info.value.location, info.value.hint
+
+    import os
+
+    missing = tmp_path / "nope.yaml"
+    assert error(missing) == (
+        f"no workflow file '{missing}' (looked in {os.getcwd()})", str(missing),
+        "check the path; relative paths start at the current directory")
+    assert error(tmp_path) == (f"cannot read workflow file '{tmp_path}': Is a directory", str(tmp_path), "check that it is a readable file")
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"tasks:\n  - id: a\n\xff\n")
+    assert error(binary) == ("the file is not UTF-8 text (byte 0xff at offset 17)", f"{binary} line 3", "save the file as UTF-8")
+    stem = tmp_path / "my-flow.yaml"
+    stem.write_text(_ARGV)
+    assert error(stem) == (
+        "the file name gives the workflow the name 'my-flow', which is not a Python identifier", f"{stem} line 1",
+        "add name: NAME to the file (letters, digits and underscores)")
+
+
+# --- alerts:, relocated errors, the catalog ---------------------------------------------------
+
+
+def test_alerts_are_set_for_the_workflow_and_their_errors_point_at_alerts():
+    from kernelflow import alerting
+
+    wf = compile_yaml("alerted", "alerts: {duration: {z: 7}, tasks: {a: {duration: {z: 5}}}}\n" + _ARGV, NS)
+    rules = alerting.rules_for(wf)
+    assert rules.rules["duration"].z == 7.0
+    assert set(rules.tasks) == {"a"}
+    err = compile_error("alerts: 3\n" + _ARGV)
+    assert err.message == "alerts must be a mapping of checks (duration, error_rate, trend, stuck), channels and tasks, got 3"
+    assert err.location == "cell line 2, column 1"
+    assert err.hint == "e.g. alerts: {error_rate: {rate: 0.3}, channels: [ops]}; docs/alerts.md lists every check and setting"
+    err = compile_error("alerts: {zzz: 1}\n" + _ARGV)  # an error with a hint of its own keeps it
+    assert (err.location, err.hint) == ("cell line 2, column 1", "alerts: {duration: {z: 4}, channels: [ops]}")
+    err = compile_error("alerts: {tasks: {zz: {duration: {z: 5}}}}\n" + _ARGV)  # the workflow's tasks are known
+    assert "zz" in err.message and err.location == "cell line 2, column 1"
+
+
+def test_a_relocated_error_keeps_its_kind_or_falls_back_to_definition_error():
+    class Positional(DefinitionError):
+        def __init__(self, code, message):  # another signature than DefinitionError's
+            super().__init__(message)
+
+    moved = yaml_compiler._relocated(Positional(1, "odd"), "cell line 9", default_hint="a hint")
+    assert type(moved) is DefinitionError
+    assert (moved.message, moved.location, moved.hint) == ("odd", "cell line 9", "a hint")
+    moved = yaml_compiler._relocated(kf.OptionError("bad", hint="own"), "cell line 3", default_hint="a hint")
+    assert type(moved) is kf.OptionError and (moved.message, moved.location, moved.hint) == ("bad", "cell line 3", "own")
+    moved = yaml_compiler._relocated(CycleError(["a", "b", "a"]), "cell line 4")
+    assert type(moved) is CycleError and moved.cycle == ["a", "b", "a"] and moved.location == "cell line 4"
+
+
+def test_a_compiled_workflow_is_remembered_by_name():
+    from kernelflow import catalog
+
+    wf = compile_yaml("remembered_flow", _ARGV, NS)
+    assert catalog.find("remembered_flow") is wf
+
+
+# --- detection: the first key, a top-level tasks:, and Python that is also YAML ------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "%YAML 1.2\n---\ntasks:\n  - id: a\n",  # a directive and a document start before the first key
+        "...\ntasks:\n  - id: a\n",
+        "  \n\t\ntasks:\n  - id: a\n",  # blank lines, even with tabs
+        "my-key: 1\ntasks:\n  - a\n",  # dashes in the first key
+        "tasks :\n  - a\n",
+        "tasks:  # the steps\n  - a\n",
+        "tasks:\t\n  - a\n",
+        "x:\ntasks:\n - a\n",
+        "steps: [{id: a}]\n",  # valid Python as well: steps: is a list
+        "other: 1\nsteps: [a]\n",
+        "tasks: [" + "-" * 100_000 + "1]\n",  # too deep for Python's parser: not Python
+    ],
+)
+def test_these_bodies_are_yaml(text):
+    assert looks_like_yaml(text) is True
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "tasks:x\n",  # no space after the colon: not a key
+        "x:1\ntasks:\n - a\n",
+        "1x: 2\ntasks:\n - a\n",  # the first key must be a name
+        "x: 1\n  tasks:\n  - a\n",  # tasks: not at the top level
+        "tasks: {a: 1}\n",  # valid Python, and tasks: is not a list
+        "tasks: 1\nother: [a]\n",  # a list, but not under tasks:
+        "tasks: [a]\nx: 'a' 'b'\n",  # valid Python, invalid YAML
+    ],
+)
+def test_these_bodies_are_not_yaml(text):
+    assert looks_like_yaml(text) is False
+
+
+def test_the_ipython_namespace_is_the_running_shells_user_namespace(monkeypatch):
+    import sys
+    import types
+
+    monkeypatch.delitem(sys.modules, "IPython", raising=False)
+    assert yaml_compiler._ipython_namespace() is None  # IPython not imported: not even looked for
+    shell = types.SimpleNamespace(user_ns={"parse_json": parse_json})
+    fake = types.ModuleType("IPython")
+    fake.get_ipython = lambda: shell  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "IPython", fake)
+    assert yaml_compiler._ipython_namespace() is shell.user_ns
+    fake.get_ipython = lambda: None  # type: ignore[attr-defined]  # imported, but no shell is running
+    assert yaml_compiler._ipython_namespace() is None
+    fake.get_ipython = lambda: types.SimpleNamespace()  # type: ignore[attr-defined]  # a shell without user_ns
+    assert yaml_compiler._ipython_namespace() is None
+
+    def broken():
+        raise RuntimeError("no shell")
+
+    fake.get_ipython = broken  # type: ignore[attr-defined]
+    assert yaml_compiler._ipython_namespace() is None
+
+
+def test_many_sibling_collections_are_not_nesting(parser):
+    # the depth goes back down at the end of each collection
+    siblings = "inputs: {n: {type: any, default: [" + ", ".join(["[1]"] * 70) + "]}}\n" + _ARGV
+    assert cell(siblings).declared_inputs[0].default == [[1]] * 70
+
+
+def test_needs_may_be_empty():
+    assert cell(_ARGV + "    needs: null\n")["a"].deps == ()
+    assert cell(_ARGV + "    needs: []\n")["a"].deps == ()
+
+
+def test_read_schedules_of_a_file_may_run_another_target(tmp_path):
+    # the scheduler reads a notebook's schedules from a file next to it: they run the notebook
+    path = tmp_path / "flow.yaml"
+    path.write_text("schedule: {cron: '0 6 * * *'}\n" + _ARGV)
+    notebook = tmp_path / "nb.ipynb"
+    notebook.write_text("{}")
+    (s,) = yaml_compiler.read_schedules(path, target=notebook)
+    assert (s.name, s.target) == ("flow", str(notebook))
+
+
+def test_load_counts_the_lines_before_a_bad_byte_from_the_first(tmp_path):
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\ntasks:\n\xff\n")
+    with pytest.raises(DefinitionError) as info:
+        load(binary, NS)
+    assert (info.value.message, info.value.location) == ("the file is not UTF-8 text (byte 0xff at offset 8)", f"{binary} line 3")
+
+
+def test_merged_switch_cases_may_have_any_scalar_label():
+    wf = cell("""
+        tasks:
+          - id: parse
+            run: python:parse_json
+            input: {fetch: 1}
+          - id: route
+            switch:
+              value: "{{tasks.parse.output.kind}}"
+              cases: {<<: {1: python:handle_a}, b: python:handle_b}
+        """)
+    assert wf["route"].spec.switch["cases"] == {"b": "python:handle_b", "1": "python:handle_a"}
+
+
+def test_a_control_character_after_a_leading_newline_counts_that_line(parser):
+    err = compile_error("\n\x01tasks: []\n")
+    assert (err.location, err.hint) == ("cell line 3, column 1", _CONTROL)
+
+
+def test_the_quoted_character_is_found_on_its_line_in_a_longer_document(parser):
+    text = "tasks:\n  - id: a\n    run: `x\n  - id: b\n    run: shell\n  - id: c\n    run: shell\n"
+    err = compile_error(text)
+    assert "'`'" in err.message
+    assert (err.location, err.hint) == ("cell line 4, column 10", "quote the value that starts with this character")
