@@ -68,7 +68,8 @@ __all__ = ["LATE_LIMIT_S", "TRIGGER_ENV", "Scheduler", "SchedulerBusyError", "lo
 TRIGGER_ENV = "KERNELFLOW_TRIGGER"
 LEASE = "@scheduler"
 LATE_LIMIT_S = 60.0
-"""A fire time reached later than this (or than one interval, if shorter) was missed."""
+"""A fire time reached later than this was missed (for an interval shorter than this, the latest
+fire time is always less than one interval ago: "or one interval, if shorter")."""
 KILL_AFTER_S = 5.0
 """After SIGTERM, how long a child may take to stop before SIGKILL."""
 MAX_MISSED_RECORDS = 50
@@ -116,7 +117,7 @@ def _notebook_schedules(path: Path) -> list[Schedule]:
     for index, cell in enumerate(nb.get("cells", []) if isinstance(nb, dict) else [], 1):
         if not isinstance(cell, dict) or cell.get("cell_type") != "code":
             continue
-        source = cell.get("source", "")
+        source = cell.get("source")
         source = "".join(source) if isinstance(source, list) else str(source)
         first, _, body = source.partition("\n")
         words = first.split()
@@ -187,12 +188,29 @@ class Firing:
         }
 
 
+class RunProcess(subprocess.Popen[bytes]):
+    """A firing's process, in its own session: signals go to its whole process group."""
+
+    def send_signal(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)  # the run and whatever it started
+        except (ProcessLookupError, PermissionError):
+            super().send_signal(sig)
+
+
+def start_process(argv: list[str], *, cwd: str, env: dict[str, str], output: Any) -> RunProcess:
+    """Start a firing's process, writing to ``output``; in its own session, so Ctrl-C in the
+    scheduler's terminal reaches the scheduler only."""
+    return RunProcess(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                      start_new_session=True)  # fmt: skip
+
+
 @dataclass
 class Child:
-    """A firing's subprocess."""
+    """A firing's process (a :class:`RunProcess`, or what the scheduler's ``launch`` returned)."""
 
     firing: Firing
-    process: subprocess.Popen[bytes]
+    process: Any
     started_at: datetime
     log_path: Path
     output_path: Path | None
@@ -221,6 +239,11 @@ class Scheduler:
         Seconds running children get to finish when stopping.
     log:
         Where one line per firing and outcome goes (default stderr).
+    launch:
+        Starts a firing's process: ``launch(argv, cwd=, env=, output=)`` returns
+        a handle with ``pid``, ``returncode``, ``poll()``, ``wait(timeout)`` and
+        ``send_signal(sig)`` (default :func:`start_process`; tests pass one that
+        starts nothing, to drive the scheduler's decisions in one process).
     """
 
     def __init__(
@@ -235,6 +258,7 @@ class Scheduler:
         kill_after: float = KILL_AFTER_S,
         log: TextIO | None = None,
         python: str | None = None,
+        launch: Callable[..., Any] | None = None,
     ) -> None:
         from .store import FolderStore
 
@@ -249,6 +273,7 @@ class Scheduler:
         self.kill_after = float(kill_after)
         self._log_stream = log
         self.python = python or sys.executable
+        self.launch = launch or start_process
         self._lock = threading.RLock()
         self._lease: Any = None
         self._stop = threading.Event()
@@ -337,8 +362,8 @@ class Scheduler:
         now = self.clock()
         wait = self.tick_s
         for schedule in self.schedules.values():
-            if schedule.enabled and schedule.kind != "webhook":
-                upcoming = schedule.next_fire(now)
+            if schedule.enabled:
+                upcoming = schedule.next_fire(now)  # None for a webhook-only schedule
                 if upcoming is not None:
                     wait = min(wait, (upcoming - now).total_seconds() + 0.005)
         return max(wait, 0.01)
@@ -351,7 +376,6 @@ class Scheduler:
                 while queue:
                     firing, _ = queue.popleft()
                     self._record(firing.record("interrupted", detail="the scheduler stopped before this queued run started; it did not run"))
-            self._pending.clear()
         deadline = self.clock() + timedelta(seconds=self.grace)
         while self._children and self.clock() < deadline:
             self._reap()
@@ -362,7 +386,7 @@ class Scheduler:
             for child in self._children:
                 self.log(f"grace period over: stopping {child.firing.schedule.name} (trigger {child.firing.trigger_id}, pid {child.process.pid}) with SIGTERM")
                 child.term_sent = True
-                self._signal(child, signal.SIGTERM)
+                child.process.send_signal(signal.SIGTERM)
             kill_at = self.clock() + timedelta(seconds=self.kill_after)
             while self._children and self.clock() < kill_at:
                 self._reap()
@@ -370,7 +394,7 @@ class Scheduler:
                     self._sleep_real(0.1)
             for child in self._children:
                 self.log(f"{child.firing.schedule.name} (pid {child.process.pid}) still running: SIGKILL")
-                self._signal(child, signal.SIGKILL)
+                child.process.send_signal(signal.SIGKILL)
             for child in self._children:
                 try:
                     child.process.wait(timeout=10)
@@ -395,16 +419,6 @@ class Scheduler:
         if lease is not None:
             lease.release()
         self.files.close()
-
-    @staticmethod
-    def _signal(child: Child, sig: int) -> None:
-        try:
-            os.killpg(child.process.pid, sig)  # its own session: the run and whatever it started
-        except (ProcessLookupError, PermissionError):
-            try:
-                child.process.send_signal(sig)
-            except ProcessLookupError:
-                pass
 
     # -- history ---------------------------------------------------------------------------
 
@@ -515,8 +529,8 @@ class Scheduler:
                 self.fire_now(str(request["schedule"]), inputs, kind=kind, trigger_id=str(request["trigger_id"]))
             now = self.clock()
             for schedule in self.schedules.values():
-                if schedule.enabled and schedule.kind != "webhook":
-                    self._due(schedule, now)
+                if schedule.enabled:
+                    self._due(schedule, now)  # nothing is due for a webhook-only schedule
             self._drain()
         self._write_status()
 
@@ -527,28 +541,23 @@ class Scheduler:
         if schedule.registered_at is not None:
             # Registered while no scheduler ran: its times since then were missed, none before.
             return schedule.registered_at
-        # Declared in a file: we only know it from now on.
-        return self._first_seen.get(schedule.name) or self.clock()
-
-    def _late_limit(self, schedule: Schedule) -> float:
-        return min(LATE_LIMIT_S, schedule.every) if schedule.every else LATE_LIMIT_S
+        # Declared in a file: we only know it from when reload() first read it.
+        return self._first_seen[schedule.name]
 
     def _due(self, schedule: Schedule, now: datetime) -> None:
-        after = self._baseline(schedule)
-        if after >= now:
-            return
-        times = fire_times_between(schedule, after, now, limit=_SCAN_LIMIT)
+        times = fire_times_between(schedule, self._baseline(schedule), now, limit=_SCAN_LIMIT)
         if not times:
             return
         self._last[schedule.name] = times[-1]
         on_time: datetime | None = None
-        if (now - times[-1]).total_seconds() <= self._late_limit(schedule):
+        # (The latest time of an interval shorter than LATE_LIMIT_S is less than one interval ago: never late.)
+        if (now - times[-1]).total_seconds() <= LATE_LIMIT_S:
             on_time = times.pop()
         kind = "cron" if schedule.cron else "interval"
         catch_up: list[datetime] = []
         if times and schedule.missed == "catch_up":
             catch_up = times[-schedule.max_catch_up :]
-            times = times[: -schedule.max_catch_up] if len(times) > schedule.max_catch_up else []
+            times = times[: -schedule.max_catch_up]  # max_catch_up >= 1
         self._record_missed(schedule, kind, times, now)
         for moment in catch_up:
             firing = self._new_firing(schedule, "catch_up", moment, now)
@@ -655,10 +664,7 @@ class Scheduler:
         argv = self._argv(firing, output)
         try:
             with open(log_path, "ab") as log_file:
-                process = subprocess.Popen(
-                    argv, cwd=str(target.parent), env=env, stdin=subprocess.DEVNULL,
-                    stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-                )  # fmt: skip
+                process = self.launch(argv, cwd=str(target.parent), env=env, output=log_file)
         except OSError as exc:
             detail = f"could not start {argv[0]}: {exc.strerror or exc}"
             self.log(f"{schedule.name}: failed to start: {detail}")
@@ -758,7 +764,7 @@ class Scheduler:
         now = self.clock()
         schedules = []
         for schedule in self.schedules.values():
-            upcoming = schedule.next_fire(now) if schedule.enabled and schedule.kind != "webhook" else None
+            upcoming = schedule.next_fire(now) if schedule.enabled else None  # None for webhook-only
             schedules.append(
                 {
                     "name": schedule.name,

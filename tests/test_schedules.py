@@ -9,6 +9,7 @@ import sys
 import textwrap
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -244,6 +245,7 @@ def test_kf_schedule_of_a_notebook_workflow_needs_the_notebook(tmp_path: Path, m
     assert (s.name, s.target, s.every) == ("nb_flow", str(notebook), 3600.0)
 
 
+@pytest.mark.slow  # starts `python -m kernelflow.scheduler_cli` subprocesses
 def test_cli_status_and_list_show_a_kf_schedule(flow: Path, kernelflow_home: Path) -> None:
     from kernelflow import schedule_api as api
 
@@ -267,6 +269,7 @@ def test_cli_status_and_list_show_a_kf_schedule(flow: Path, kernelflow_home: Pat
 # --------------------------------------------------------------------------- the triggers view
 
 
+@pytest.mark.slow  # writes from other processes
 def test_triggers_view_is_typed_when_empty_and_sees_other_processes(tmp_path: Path, kernelflow_home: Path) -> None:
     import kernelflow as kf
 
@@ -293,3 +296,382 @@ def test_triggers_view_is_typed_when_empty_and_sees_other_processes(tmp_path: Pa
     # A record appended later, to the same or a new file, shows in the next query.
     subprocess.run([sys.executable, "-c", writer.replace('"t-2"', '"t-3"')], check=True, timeout=60)
     assert kf.sql("SELECT count(*) FROM triggers").item() == 3
+
+
+# --------------------------------------------------------------------------- the Schedule value
+
+
+def test_kind_when_and_spec_of_each_kind_of_schedule(flow: Path) -> None:
+    cron = sched(flow, cron="0 6 * * *", timezone="Europe/Paris", inputs={"x": 1}, overlap="queue", missed="catch_up",
+                 max_catch_up=5, enabled=False)  # fmt: skip
+    assert (cron.kind, cron.when, cron.tz) == ("cron", "cron '0 6 * * *' (Europe/Paris)", ZoneInfo("Europe/Paris"))
+    assert cron.to_spec() == {"name": "nightly", "target": str(flow), "cron": "0 6 * * *", "timezone": "Europe/Paris", "inputs": {"x": 1},
+                              "overlap": "queue", "missed": "catch_up", "max_catch_up": 5, "enabled": False}  # fmt: skip
+    every = sched(flow, every="90m")
+    assert (every.kind, every.when, every.every) == ("interval", "every 90m", 5400.0)
+    assert every.to_spec() == {"name": "nightly", "target": str(flow), "every": "90m", "timezone": "UTC", "inputs": {},
+                               "overlap": "skip", "missed": "skip", "max_catch_up": 3, "enabled": True}  # fmt: skip
+    hook = sched(flow, webhook={"secret_env": "HOOK"})
+    assert (hook.kind, hook.when) == ("webhook", "webhook only")
+    assert hook.to_spec()["webhook"] == {"secret_env": "HOOK"} and "cron" not in hook.to_spec() and "every" not in hook.to_spec()
+    # A spec read back gives the same schedule.
+    for s in (cron, every, hook):
+        assert parse_schedule(s.to_spec()) == s
+
+
+def test_with_target_checks_the_new_target(tmp_path: Path, flow: Path) -> None:
+    s = parse_schedule({"every": "1m"}, name="cell", check_target=False, origin="report.ipynb cell 3")
+    assert s.target is None
+    notebook = tmp_path / "report.IPYNB"  # suffixes in any case
+    notebook.write_text("{}")
+    moved = s.with_target(notebook)
+    assert (moved.target, moved.origin) == (str(notebook), "report.ipynb cell 3")
+    assert s.with_target(flow, origin="registered").origin == "registered"
+    with pytest.raises(DefinitionError, match=r"^schedule 'cell': target file '.*gone\.yaml' does not exist"):
+        s.with_target(tmp_path / "gone.yaml")
+
+
+# --------------------------------------------------------------------------- fire times at the edges
+
+
+def test_fire_times_are_strictly_after_and_up_to_until_inclusive(flow: Path) -> None:
+    hourly = sched(flow, cron="0 * * * *")
+    at = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
+    assert next_fire_times(hourly, at, 1) == [datetime(2026, 1, 1, 11, 0, tzinfo=UTC)]
+    assert next_fire_times(hourly, at - timedelta(microseconds=1), 1) == [at]
+    assert fire_times_between(hourly, at, at + timedelta(hours=1)) == [at + timedelta(hours=1)]
+    assert fire_times_between(hourly, at, at + timedelta(hours=1) - timedelta(microseconds=1)) == []
+    every = sched(flow, every="1h")
+    assert next_fire_times(every, at, 2) == [at + timedelta(hours=1), at + timedelta(hours=2)]
+    assert next_fire_times(every, at - timedelta(microseconds=1), 1) == [at]
+    assert fire_times_between(every, at, at + timedelta(hours=2)) == [at + timedelta(hours=1), at + timedelta(hours=2)]
+    assert next_fire_times(every, at, 0) == [] and next_fire_times(every, at, -1) == []
+
+
+def test_fractional_intervals_keep_to_the_epoch_grid(flow: Path) -> None:
+    s = sched(flow, every="1.5s")
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    assert next_fire_times(s, epoch, 3) == [epoch + timedelta(seconds=x) for x in (1.5, 3.0, 4.5)]
+    day = datetime(2026, 1, 1, tzinfo=UTC)  # 1767225600 s after the epoch, a multiple of 1.5 s
+    assert next_fire_times(s, day + timedelta(seconds=1), 1) == [day + timedelta(seconds=1.5)]
+
+
+def test_after_and_until_must_be_aware(flow: Path) -> None:
+    s = sched(flow, every="1m")
+    naive = datetime(2026, 1, 1)
+    with pytest.raises(ValueError) as info:
+        next_fire_times(s, naive)
+    assert str(info.value) == "after must be an aware datetime (with a tzinfo), got datetime.datetime(2026, 1, 1, 0, 0)"
+    with pytest.raises(ValueError, match=r"^until must be an aware datetime \(with a tzinfo\), got datetime"):
+        fire_times_between(s, datetime(2026, 1, 1, tzinfo=UTC), naive)
+    with pytest.raises(ValueError, match=r"^after must be an aware datetime"):
+        fire_times_between(s, naive, datetime(2026, 1, 1, tzinfo=UTC))
+    with pytest.raises(ValueError, match=r"^after must be an aware datetime \(with a tzinfo\), got '2026-01-01'"):
+        next_fire_times(s, "2026-01-01")  # type: ignore[arg-type]
+
+    class NoOffset(timezone.__base__):  # a tzinfo whose utcoffset is None: not aware
+        def utcoffset(self, dt):
+            return None
+
+    with pytest.raises(ValueError, match="after must be an aware datetime"):
+        next_fire_times(s, datetime(2026, 1, 1, tzinfo=NoOffset()))
+    # Any time zone is fine; answers are in UTC.
+    [t] = next_fire_times(s, datetime(2026, 1, 1, 1, 0, 30, tzinfo=ZoneInfo("Europe/Paris")))
+    assert t == datetime(2026, 1, 1, 0, 1, tzinfo=UTC) and t.tzinfo == UTC
+
+
+def test_fire_times_between_keeps_the_most_recent_limit(flow: Path) -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    for spec in ({"every": "1m"}, {"cron": "* * * * *"}):
+        s = sched(flow, **spec)
+        assert fire_times_between(s, start, start + timedelta(minutes=5), limit=3) == [start + timedelta(minutes=m) for m in (3, 4, 5)]
+        assert fire_times_between(s, start, start + timedelta(minutes=3), limit=3) == [start + timedelta(minutes=m) for m in (1, 2, 3)]
+        assert fire_times_between(s, start, start + timedelta(minutes=4), limit=3) == [start + timedelta(minutes=m) for m in (2, 3, 4)]
+        assert fire_times_between(s, start, start) == []
+        assert fire_times_between(s, start, start - timedelta(minutes=5)) == []
+
+
+def test_a_long_outage_of_an_interval_is_not_walked(flow: Path) -> None:
+    s = sched(flow, every="1s")
+    start = datetime(2000, 1, 1, tzinfo=UTC)
+    until = datetime(2026, 1, 1, 0, 0, 0, 500_000, tzinfo=UTC)  # 26 years of seconds: only the last 3 are looked at
+    assert fire_times_between(s, start, until, limit=3) == [until - timedelta(seconds=x, microseconds=500_000) for x in (2, 1, 0)]
+    # Exactly limit + 1 intervals back: the jump and the walk agree.
+    after = datetime(2026, 1, 1, tzinfo=UTC)
+    assert fire_times_between(s, after, after + timedelta(seconds=4), limit=3) == [after + timedelta(seconds=x) for x in (2, 3, 4)]
+    assert fire_times_between(s, after - timedelta(microseconds=1), after + timedelta(seconds=4), limit=3) == [
+        after + timedelta(seconds=x) for x in (2, 3, 4)
+    ]
+
+
+def test_a_cron_that_stops_firing_ends_its_fire_times(flow: Path) -> None:
+    leap = sched(flow, cron="0 0 29 2 *")  # fires only in leap years
+    assert next_fire_times(leap, datetime(2026, 1, 1, tzinfo=UTC), 2) == [
+        datetime(2028, 2, 29, tzinfo=UTC), datetime(2032, 2, 29, tzinfo=UTC)
+    ]  # fmt: skip
+    hook = sched(flow, webhook={"secret_env": "S"})
+    assert fire_times_between(hook, datetime(2026, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC)) == []
+
+
+def test_dst_in_new_york_a_fixed_hour_cron_and_a_minute_cron(flow: Path) -> None:
+    ny = ZoneInfo("America/New_York")
+    s = sched(flow, cron="30 1 * * *", timezone="America/New_York")
+    # 2026-11-01: 01:30 EDT and 01:30 EST: once, at the first.
+    assert next_fire_times(s, datetime(2026, 10, 31, 12, 0, tzinfo=UTC), 2) == [
+        datetime(2026, 11, 1, 5, 30, tzinfo=UTC), datetime(2026, 11, 2, 6, 30, tzinfo=UTC)
+    ]  # fmt: skip
+    every_30 = sched(flow, cron="*/30 * * * *", timezone="America/New_York")  # hour '*': both passes fire
+    times = fire_times_between(every_30, datetime(2026, 11, 1, 4, 45, tzinfo=UTC), datetime(2026, 11, 1, 7, 0, tzinfo=UTC))
+    assert [t.astimezone(ny).strftime("%H:%M%z") for t in times] == ["01:00-0400", "01:30-0400", "01:00-0500", "01:30-0500", "02:00-0500"]
+    fixed_minute_list = sched(flow, cron="0 1,2 * * *", timezone="America/New_York")  # fixed hours: once
+    times = fire_times_between(fixed_minute_list, datetime(2026, 11, 1, 4, 0, tzinfo=UTC), datetime(2026, 11, 1, 8, 0, tzinfo=UTC))
+    assert [t.astimezone(ny).strftime("%H:%M%z") for t in times] == ["01:00-0400", "02:00-0500"]
+
+
+# --------------------------------------------------------------------------- every message in full
+
+
+def error(spec: Any, **kwargs: Any) -> DefinitionError:
+    kwargs.setdefault("name", "nightly")
+    with pytest.raises(DefinitionError) as info:
+        parse_schedule(spec, **kwargs)
+    return info.value
+
+
+CRON_HINT = "write five fields, minute hour day-of-month month day-of-week, e.g. '*/15 * * * *' or '0 6 * * mon-fri'"
+
+
+@pytest.mark.parametrize(
+    ("cron", "message", "hint"),
+    [
+        ("", "cron must be a cron expression (text), got ''", CRON_HINT),
+        ("   ", "cron must be a cron expression (text), got '   '", CRON_HINT),
+        (15, "cron must be a cron expression (text), got 15", CRON_HINT),
+        ("@often", "unknown cron shortcut '@often'", "use one of @yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly, or five fields"),
+        ("@HOURLYY", "unknown cron shortcut '@HOURLYY' (did you mean '@hourly'?)", None),
+        ("0 6 * *", "invalid cron expression '0 6 * *': it has 4 field(s), a cron expression has 5 "
+                    "(minute hour day-of-month month day-of-week; no seconds field)", CRON_HINT),
+        ("60 * * * *", "invalid cron expression '60 * * * *': field 1 (minute) is '60', which is not valid there "
+                       "(allowed: 0-59, with * , - and /N steps)", CRON_HINT),
+        ("* 24 * * *", "field 2 (hour) is '24', which is not valid there (allowed: 0-23, with", None),
+        ("* * 0 * *", "field 3 (day of month) is '0', which is not valid there (allowed: 1-31, with", None),
+        ("* * * 13 *", "field 4 (month) is '13', which is not valid there (allowed: 1-12 or jan-dec, with", None),
+        ("* * * * 8", "field 5 (day of week) is '8', which is not valid there (allowed: 0-6 or sun-sat (0 is Sunday), with", None),
+        ("0 0 30 2 *", "the cron expression '0 0 30 2 *' never fires (no such date, e.g. February 31st)", "check the day-of-month and month fields"),
+    ],
+)  # fmt: skip
+def test_bad_cron_messages(flow: Path, cron: Any, message: str, hint: str | None) -> None:
+    exc = error({"cron": cron}, target=flow)
+    assert exc.message.startswith("schedule 'nightly': " + message) or f"schedule 'nightly': invalid cron expression {cron!r}: {message}" in exc.message, exc.message
+    if hint is not None:
+        assert exc.hint == hint
+    assert exc.location is None
+
+
+def test_cron_shortcuts_and_spacing(flow: Path) -> None:
+    for alias, expr in [("@yearly", "0 0 1 1 *"), ("@annually", "0 0 1 1 *"), ("@monthly", "0 0 1 * *"), ("@weekly", "0 0 * * 0"),
+                        ("@daily", "0 0 * * *"), ("@midnight", "0 0 * * *"), ("@hourly", "0 * * * *"), (" @Daily ", "0 0 * * *")]:  # fmt: skip
+        assert sched(flow, cron=alias).cron == expr
+    assert sched(flow, cron="  0   6 * *\tmon-fri ").cron == "0 6 * * mon-fri"
+
+
+def test_bad_time_zone_messages(flow: Path) -> None:
+    zone_hint = ("use an IANA time zone name such as UTC, Europe/Paris or America/New_York (python -c "
+                 "\"import zoneinfo; print(sorted(zoneinfo.available_timezones()))\" lists them)")  # fmt: skip
+    exc = error({"every": "1m", "timezone": "europe/pariss"}, target=flow)
+    assert exc.message == ("schedule 'nightly': unknown time zone 'europe/pariss' "
+                           "(did you mean 'Europe/Paris', 'Europe/Warsaw', 'Europe/Madrid'?)")  # fmt: skip
+    assert exc.hint == zone_hint
+    exc = error({"every": "1m", "timezone": "America/New_Yorkk"}, target=flow)
+    assert exc.message.startswith("schedule 'nightly': unknown time zone 'America/New_Yorkk' (did you mean 'America/New_York', ")
+    assert exc.message.count("'America/") == 4  # three suggestions at most
+    assert error({"every": "1m", "timezone": "Berln"}, target=flow).message.endswith("(did you mean 'Europe/Berlin'?)")
+    assert error({"every": "1m", "timezone": "Xq"}, target=flow).message == "schedule 'nightly': unknown time zone 'Xq'"
+    # By the last part of the name; at most three.
+    assert error({"every": "1m", "timezone": "Tell_Cty"}, target=flow).message.endswith("(did you mean 'America/Indiana/Tell_City'?)")
+    assert error({"every": "1m", "timezone": "daka"}, target=flow).message.endswith(
+        "(did you mean 'Asia/Dhaka', 'Africa/Dakar', 'America/Atka'?)")
+    assert error({"every": "1m", "timezone": "../etc"}, target=flow).message == "schedule 'nightly': unknown time zone '../etc'"
+    for bad in ("", None, 3):
+        exc = error({"every": "1m", "timezone": bad}, target=flow)
+        assert exc.message == f"schedule 'nightly': timezone must be an IANA time zone name such as 'Europe/Paris', got {bad!r}"
+        assert exc.hint == "write timezone: UTC, or a name like America/New_York"
+    assert sched(flow, every="1m", tz="Asia/Tokyo").timezone == "Asia/Tokyo"
+    assert sched(flow, every="1m", time_zone="Asia/Tokyo").timezone == "Asia/Tokyo"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message", "hint"),
+    [
+        ({"every": "1m", "overlap": "Queue"}, "unknown overlap policy 'Queue' (did you mean 'queue'?)", "overlap is one of: skip, queue, allow"),
+        ({"every": "1m", "missed": "catch up"}, "unknown missed policy 'catch up' (did you mean 'catch_up'?)", "missed is one of: skip, catch_up"),
+        ({"every": "1m", "missed": "zzz"}, "unknown missed policy 'zzz'", "missed is one of: skip, catch_up"),
+        ({"every": "1m", "overlap": 1}, "unknown overlap policy 1\n", "overlap is one of: skip, queue, allow"),
+        ({"every": "1m", "overlap": "qu"}, "unknown overlap policy 'qu' (did you mean 'queue'?)\n", None),
+        ({"every": "1m", "max_catch_up": 101}, "max_catch_up must be a whole number from 1 to 100, got 101",
+         "max_catch_up: 3 (older missed times are recorded as missed)"),
+        ({"every": "1m", "max_catch_up": True}, "max_catch_up must be a whole number from 1 to 100, got True", None),
+        ({"every": "1m", "max_catch_up": 2.0}, "max_catch_up must be a whole number from 1 to 100, got 2.0", None),
+        ({"every": "1m", "enabled": "no"}, "enabled must be true or false, got 'no'", "enabled: false pauses the schedule"),
+        ({"every": "-1m"}, "every must be a duration like", "every takes a positive duration: 30s, 15m, 2h, 1d"),
+        ({"every": "0.0000001s"}, "every must be greater than zero, got '0.0000001s'", "every: 1s or more"),
+        ({"every": "0.0000005s"}, "every must be greater than zero, got '0.0000005s'", None),  # rounds to 0 microseconds
+        ({"every": "36501d"}, "every must be at most 100 years, got '36501d'", "every: 1d, 1w or 30d"),
+        ({"cron": "* * * * *", "every": "1m"}, "give either cron or every, not both",
+         "keep one of them (or declare two schedules with distinct names)"),
+        ({"timezone": "UTC"}, "no cron or every: the schedule would never fire",
+         "add cron: '*/15 * * * *' or every: 15m (or a webhook: to run it only when called)"),
+        ({"webhook": {"secret_env": ""}}, "webhook must be a mapping with a secret_env string (the environment variable holding "
+         "the HMAC secret), got {'secret_env': ''}", "webhook: {secret_env: NIGHTLY_WEBHOOK_SECRET}"),
+        ({"webhook": "HOOK"}, "webhook must be a mapping with a secret_env string", None),
+        ({"webhook": {"secret_env": 3}}, "webhook must be a mapping with a secret_env string", None),
+        ({"every": "1m", "inputs": {"x-y": 1}}, "input names must be Python identifiers, got 'x-y'", "inputs: {day: today}"),
+        ({"every": "1m", "inputs": {1: 1}}, "input names must be Python identifiers, got 1", None),
+        ({"every": "1m", "inputs": "x=1"}, "inputs must map input names to values, got 'x=1'", "inputs: {day: today, limit: 10}"),
+        ({"every": "1m", "inputs": {"x": {1, 2}}}, "inputs must be plain values (text, numbers, booleans, lists, mappings): ",
+         "pass values a YAML file could hold"),
+        ({"every": "1m", "tz": "UTC", "timezone": "UTC"}, "'timezone' repeats 'tz'", "give each setting once"),
+        ({"every": "1m", "colour": "red"}, "unknown key 'colour'", "a schedule takes: name, cron or every, timezone, inputs, "
+         "overlap, missed, max_catch_up, enabled, webhook"),
+        ({"every": "1m", 3: "x"}, "unknown key 3", None),
+    ],
+)  # fmt: skip
+def test_bad_setting_messages(flow: Path, spec: dict, message: str, hint: str | None) -> None:
+    exc = error(spec, target=flow)
+    prefix = "schedule: " if "repeats" in message else "schedule 'nightly': "
+    assert (exc.message + "\n").startswith(prefix + message), exc.message  # a trailing \n in message: all of it
+    if hint is not None:
+        assert exc.hint == hint
+
+
+def test_good_settings_at_their_limits(flow: Path) -> None:
+    assert sched(flow, every="1m", max_catch_up=1).max_catch_up == 1
+    assert sched(flow, every="1m", max_catch_up=100).max_catch_up == 100
+    assert sched(flow, every="1m", maxCatchUp=7).max_catch_up == 7
+    assert sched(flow, every="36500d").every == 36500 * 86400.0
+    assert sched(flow, every="0.000001s").every == 0.000001
+    assert sched(flow, every=30).every == 30.0
+    s = sched(flow, every="1m", parameters={"day": "today"}, enabled=True)
+    assert dict(s.inputs) == {"day": "today"} and s.enabled is True
+    assert sched(flow, every="1m", inputs=None).inputs == {}
+
+
+def test_names_and_targets(tmp_path: Path, flow: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    name_hint = "name it like nightly_etl or reports.daily"
+    for bad in ("", ".hidden", "-x", "a b", "a/b", "x" * 101, None, 5):
+        exc = error({"every": "1m"}, name=bad, target=flow)
+        assert exc.message == f"schedule name must be 1 to 100 letters, digits, '_', '.' or '-' (not starting with '.' or '-'), got {bad!r}"
+        assert exc.hint == name_hint
+    for good in ("a", "x" * 100, "reports.daily-2", "_x", "9"):
+        assert parse_schedule({"every": "1m"}, name=good, target=flow).name == good
+    assert parse_schedule({"every": "1m", "name": "inner"}, name="outer", target=flow).name == "inner"
+    exc = error({"every": "1m"}, target=None)
+    assert exc.message == "schedule 'nightly': target must be the path of a workflow file (.yaml) or a notebook (.ipynb), got None"
+    assert exc.hint == "pass a path such as 'flows/nightly.yaml' or 'report.ipynb'"
+    assert error({"every": "1m"}, target="").message.endswith("got ''")
+    exc = error({"every": "1m"}, target=tmp_path / "x.txt")
+    assert exc.message == f"schedule 'nightly': target {str(tmp_path / 'x.txt')!r} is neither a workflow file (.yaml, .yml) nor a notebook (.ipynb)"
+    assert exc.hint == "schedule a YAML workflow file or a notebook"
+    exc = error({"every": "1m"}, target=tmp_path / "gone.yml")
+    assert exc.hint == "check the path (relative paths start at the current directory), or create the file first"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert parse_schedule({"every": "1m"}, name="n", target="~/flow.yaml").target == str(flow)
+    monkeypatch.chdir(tmp_path)
+    assert parse_schedule({"every": "1m", "target": "flow.yaml"}, name="n", target="ignored.yaml").target == str(flow)
+    # Not checked: kept as an absolute path, even if missing; nothing for no target.
+    assert parse_schedule({"every": "1m"}, name="n", target="gone.yaml", check_target=False).target == str(tmp_path / "gone.yaml")
+    assert parse_schedule({"every": "1m"}, name="n", target="", check_target=False).target is None
+    assert parse_schedule({"every": "1m"}, name="n", target=3, check_target=False).target is None
+
+
+def test_errors_carry_the_location_of_the_bad_value(flow: Path) -> None:
+    asked: list[str | None] = []
+
+    def locate(key: str | None) -> str:
+        asked.append(key)
+        return f"flow.yaml line {'?' if key is None else key}"
+
+    def where(spec: Any, **kwargs: Any) -> str | None:
+        kwargs.setdefault("target", flow)
+        return error(spec, locate=locate, **kwargs).location
+
+    assert where({"cron": "0 6 * * *", "tz": "Mars/Base"}) == "flow.yaml line tz"  # the key as written
+    assert where({"every": "1m", "overlap": "x"}) == "flow.yaml line overlap"
+    assert where({"every": "1m", "missed": "x"}) == "flow.yaml line missed"
+    assert where({"every": "1m", "maxCatchUp": 0}) == "flow.yaml line maxCatchUp"
+    assert where({"every": "1m", "enabled": 1}) == "flow.yaml line enabled"
+    assert where({"every": "1m", "inputs": 1}) == "flow.yaml line inputs"
+    assert where({"every": "1m", "webhook": 1}) == "flow.yaml line webhook"
+    assert where({"every": "0s"}) == "flow.yaml line every"
+    assert where({"every": "x"}) == "flow.yaml line every"
+    assert where({"every": "99999d"}) == "flow.yaml line every"
+    assert where({"cron": "x"}) == "flow.yaml line cron"
+    assert where({"cron": "* * * * *", "every": "1m"}) == "flow.yaml line every"
+    assert where({}) == "flow.yaml line ?"
+    assert where({"every": "1m", "bad": 1}) == "flow.yaml line bad"
+    assert where({"every": "1m", 7: 1}) == "flow.yaml line ?"
+    assert where({"every": "1m", "tz": "UTC", "timezone": "UTC"}) == "flow.yaml line timezone"
+    assert where({"every": "1m", "name": "../x"}) == "flow.yaml line name"
+    assert where({"every": "1m"}, name="../x") == "flow.yaml line ?"
+    assert where({"every": "1m", "target": "x.txt"}) == "flow.yaml line target"
+    assert where({"every": "1m"}, name="n", check_target=True, target="x.txt") == "flow.yaml line ?"
+    exc = error("daily", locate=locate)
+    assert (exc.message, exc.location) == ("a schedule must be a mapping with cron: or every:, got 'daily'", "flow.yaml line ?")
+    assert exc.hint == "schedule: {cron: '0 6 * * *', timezone: Europe/Paris}"
+    assert error({"every": "1m", "name": 5, "bogus": 1}, target=flow).message == "schedule: unknown key 'bogus'"
+    assert error({"every": "1m", "name": "mine", "bogus": 1}, target=flow).message == "schedule 'mine': unknown key 'bogus'"
+
+
+def test_registered_at_and_origin_are_kept(flow: Path) -> None:
+    paris = datetime(2026, 3, 1, 7, 0, tzinfo=ZoneInfo("Europe/Paris"))
+    s = parse_schedule({"every": "1m"}, name="n", target=flow, registered_at=paris, origin="flows/x.yaml")
+    assert s.registered_at == datetime(2026, 3, 1, 6, 0, tzinfo=UTC) and s.registered_at.tzinfo == UTC and s.origin == "flows/x.yaml"
+    assert parse_schedule({"every": "1m"}, name="n", target=flow).origin == "registered"
+    with pytest.raises(ValueError, match="^registered_at must be an aware datetime"):
+        parse_schedule({"every": "1m"}, name="n", target=flow, registered_at=datetime(2026, 3, 1))
+
+
+def test_answers_are_utc_whatever_the_local_time_zone(flow: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        after = datetime(2026, 1, 1, 12, 0, tzinfo=ZoneInfo("Europe/Paris"))
+        for s in (sched(flow, cron="0 * * * *", timezone="Asia/Tokyo"), sched(flow, every="1h")):
+            [t] = next_fire_times(s, after)
+            assert t == datetime(2026, 1, 1, 12, 0, tzinfo=UTC) and t.utcoffset() == timedelta(0)
+            assert s.next_fire(after).utcoffset() == timedelta(0)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_intervals_that_do_not_divide_a_day_still_count_from_1970(flow: Path) -> None:
+    s = sched(flow, every="7s")
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    after = datetime(2026, 1, 1, tzinfo=UTC)
+    k = int((after - epoch).total_seconds()) // 7 + 1
+    assert next_fire_times(s, after, 2) == [epoch + timedelta(seconds=7 * k), epoch + timedelta(seconds=7 * (k + 1))]
+    assert next_fire_times(s, epoch, 1) == [epoch + timedelta(seconds=7)]
+
+
+def test_more_errors_carry_the_location_of_the_bad_value(tmp_path: Path, flow: Path) -> None:
+    def locate(key: str | None) -> str:
+        return f"line of {key}"
+
+    def where(spec: Any, **kwargs: Any) -> str | None:
+        kwargs.setdefault("target", flow)
+        return error(spec, locate=locate, **kwargs).location
+
+    for cron in (5, "@often", "61 * * * *", "0 0 30 2 *", "* * *"):
+        assert where({"cron": cron}) == "line of cron"
+    assert where({"every": "1m", "timezone": 3}) == "line of timezone"
+    assert where({"every": "1m", "overlap": "catch-up"}) == "line of overlap"
+    assert where({"every": "1m", "missed": "catch-up"}) == "line of missed"
+    assert where({"every": "1m", "inputs": {"a b": 1}}) == "line of inputs"
+    assert where({"every": "1m", "inputs": {"a": object()}}) == "line of inputs"
+    assert where({"every": "0.0000001s"}) == "line of every"
+    assert where({"every": "1m", "target": 5}) == "line of target"
+    assert where({"every": "1m", "target": str(tmp_path / "gone.yaml")}) == "line of target"
+    assert where({"every": "1m"}, target=5) == "line of None"
