@@ -302,7 +302,7 @@ class _Driver:
                     continue  # capacity freed by work that finished synchronously
                 if self.gates and not self.failed:
                     # Only gates are left: a last look for answers, then suspend.
-                    if self.poll_gates(final=True):
+                    if self.poll_gates():
                         continue
                     self.suspend()
                 break
@@ -496,7 +496,7 @@ class _Driver:
         self.fail_for_good(tid, attempt, self.error_of(exc), "error", exc)
         return None
 
-    def poll_gates(self, final: bool = False) -> bool:
+    def poll_gates(self) -> bool:
         """Turn answers claimed by any process (and expiries) into events.
         Returns True if a gate was answered."""
         from .approvals import answer_event_from_claim, claim_expiry
@@ -1088,10 +1088,10 @@ class _Driver:
         return self.run._iteration_base.get(tid, 0)
 
     def use_fallback(self, tid: str, attempt: int, why: str, error: dict[str, Any] | None = None) -> None:
-        spec = self.index[tid].spec
-        ref = spec.fallback
-        fn = self.wf.callables.get(ref or "")
-        if ref is None or fn is None:
+        ref = self.index[tid].spec.fallback
+        assert ref is not None  # every caller checks that the task has a fallback
+        fn = self.wf.callables.get(ref)
+        if fn is None:
             problem = StepFailed(f"task {tid!r}: fallback {ref} was not found when the workflow was loaded")
             self.fail_for_good(tid, attempt, error or self.error_of(problem), "error", problem)
             return
@@ -1131,7 +1131,8 @@ class _Driver:
         if handle is not None:
             handle.cancel()
         tid = key if isinstance(key, str) else key[0]
-        limit = self.index[tid].options.timeout or 0
+        limit = self.index[tid].options.timeout
+        assert limit is not None  # a deadline is set only for a task with a timeout
         exc = TimeoutError(f"task {tid!r} ran longer than its timeout of {format_duration(limit)}")
         self.circuit_after(tid, meta, exc)
         if meta.get("kind") == "item":
