@@ -45,6 +45,26 @@ STATUSES = ("killed", "timeout", "survived", "no tests", "suspicious", "segfault
 class Module:
     def __init__(self, path: str, mutants: str, run: str, tests: list[str], options: list[str]):
         self.path, self.mutants, self.run, self.tests, self.options = path, mutants, run, tests, options
+        # A slice of a big file: 'NAME=GLOB,GLOB...' in the mutants column. Each slice is a
+        # line of its own (own test list, own staged dir .mutation/<module>@NAME/, own results).
+        self.slice: str | None = None
+        self.globs: list[str] = [] if mutants == "*" else [mutants]
+        if "=" in mutants:
+            name, _, globs = mutants.partition("=")
+            if not re.fullmatch(r"[A-Za-z0-9_]+", name) or not globs:
+                raise SystemExit(f"modules.tsv: a slice is NAME=GLOB[,GLOB...] with NAME of letters, digits, _; got {mutants!r}")
+            self.slice, self.globs = name, [self._glob(g) for g in globs.split(",") if g]
+
+    def _glob(self, entry: str) -> str:
+        """A slice's entry as a glob of mutant names: a whole glob (it starts with the import
+        path) as is; ``Class.method`` / ``Class.*`` / ``function`` for the file's own names."""
+        base = self.staged[: -len(".py")].replace("/", ".")
+        if entry.startswith(base + "."):
+            return entry
+        if "." in entry:
+            cls, _, method = entry.partition(".")
+            return f"{base}.xǁ{cls}ǁ*" if method == "*" else f"{base}.xǁ{cls}ǁ{method}__mutmut_*"
+        return f"{base}.x_{entry}__mutmut_*"
 
     @property
     def staged(self) -> str:
@@ -57,11 +77,16 @@ class Module:
 
     @property
     def slug(self) -> str:
-        return self.staged[: -len(".py")].replace("/", ".")
+        base = self.staged[: -len(".py")].replace("/", ".")
+        return f"{base}@{self.slice}" if self.slice else base
 
     @property
     def mutant_filter(self) -> str | None:
-        return None if self.mutants == "*" else self.mutants
+        """The globs of mutant names, comma separated (None: every mutant of the file)."""
+        return ",".join(self.globs) if self.globs else None
+
+    def selects(self, key: str) -> bool:
+        return not self.globs or any(fnmatch.fnmatch(key, g) for g in self.globs)
 
 
 def package_dirs() -> dict[str, str]:
@@ -81,15 +106,30 @@ def read_modules() -> list[Module]:
             raise SystemExit(f"modules.tsv: run must be core or slow, got {run!r} for {path}")
         options = [t for t in tests if t.startswith("-")]
         modules.append(Module(path, mutants, run, [t for t in tests if not t.startswith("-")], options))
+    slugs = [m.slug for m in modules]
+    for slug in set(slugs):
+        if slugs.count(slug) > 1:
+            raise SystemExit(f"modules.tsv: {slug} is listed twice; give each slice of a file its own NAME=globs")
     return modules
 
 
-def find_module(name: str) -> Module:
+def find_modules(name: str) -> list[Module]:
+    """The lines for ``name``: a slug names one line; a file's path names all its slices."""
     modules = read_modules()
     for m in modules:
-        if name in (m.path, m.staged, m.slug, "./" + m.path):
-            return m
-    raise SystemExit(f"{name}: not in quality/mutation/modules.tsv; known: {', '.join(m.path for m in modules)}")
+        if name == m.slug:
+            return [m]
+    found = [m for m in modules if name in (m.path, m.staged, m.slug, "./" + m.path)]
+    if not found:
+        raise SystemExit(f"{name}: not in quality/mutation/modules.tsv; known: {', '.join(m.path for m in modules)}")
+    return found
+
+
+def find_module(name: str) -> Module:
+    found = find_modules(name)
+    if len(found) > 1:
+        raise SystemExit(f"{name}: has several slices in modules.tsv ({', '.join(m.slug for m in found)}); name one")
+    return found[0]
 
 
 # ---------------------------------------------------------------- staging
@@ -163,7 +203,7 @@ def _line_of(source_lines: list[str], orig_code: str, class_name: str | None) ->
     return None
 
 
-def collect(module: Module, seconds: float, rev: str) -> dict:
+def collect(module: Module, seconds: float, rev: str, sample_size: int | None = None) -> dict:
     work = WORK / module.slug
     os.chdir(work)
     from mutmut.mutation.data import SourceFileMutationData
@@ -175,9 +215,10 @@ def collect(module: Module, seconds: float, rev: str) -> dict:
 
     data = SourceFileMutationData(path=Path(module.staged))
     data.load()
-    keys = sorted(data.exit_code_by_key)
-    if module.mutant_filter:
-        keys = [k for k in keys if fnmatch.fnmatch(k, module.mutant_filter)]
+    keys = [k for k in sorted(data.exit_code_by_key) if module.selects(k)]
+    in_file = len(keys)
+    if sample_size:  # only the drawn mutants count, whatever earlier runs left in the cache
+        keys = _drawn(keys, module, sample_size)
     counts = {s: 0 for s in STATUSES}
     listed = []
     source_lines = (ROOT / module.path).read_text("utf-8").splitlines()
@@ -210,10 +251,45 @@ def collect(module: Module, seconds: float, rev: str) -> dict:
         "total": len(keys), "scored": scored, "killed_or_timeout": killed,
         "score": round(100.0 * killed / scored, 1) if scored else None,
         "counts": counts, "not_killed": listed,
+        "sampled": bool(sample_size) and len(keys) < in_file, "mutants_in_file": in_file,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{module.slug}.json").write_text(json.dumps(result, indent=1, ensure_ascii=False), "utf-8")
     return result
+
+
+def sample(module: Module, size: int) -> list[str]:
+    """A fixed random sample of ``size`` of the line's mutants (all of them if it has fewer).
+
+    Generates the mutants first, as the start of ``mutmut run`` does (so the run that
+    follows finds them up to date), then draws with a seed made from the line's slug: the
+    same code gives the same sample on every machine, and a changed file a new one.
+    """
+    work = WORK / module.slug
+    os.chdir(work)
+    sys.path.insert(0, str(work))
+    import contextlib
+    import io
+    from mutmut.__main__ import copy_also_copy_files, copy_src_dir, create_mutants, setup_source_paths
+    from mutmut.mutation.data import SourceFileMutationData
+
+    with contextlib.redirect_stdout(io.StringIO()):  # mutmut prints every file it copies
+        copy_src_dir()
+        copy_also_copy_files()
+        setup_source_paths()
+        create_mutants(1)
+    data = SourceFileMutationData(path=Path(module.staged))
+    data.load()
+    return _drawn([k for k in data.exit_code_by_key if module.selects(k)], module, size)
+
+
+def _drawn(keys: list[str], module: Module, size: int) -> list[str]:
+    import random
+
+    keys = sorted(keys)
+    if len(keys) <= size:
+        return keys
+    return sorted(random.Random(f"{module.slug}:{len(keys)}").sample(keys, size))
 
 
 def _mutmut_version() -> str:
@@ -233,11 +309,23 @@ def table(markdown: Path | None) -> None:
     for r in results:
         c = r["counts"]
         other = c.get("suspicious", 0) + c.get("segfault", 0) + c.get("not checked", 0) + c.get("skipped", 0)
-        name = r["module"] + ("" if r["mutants"] == "*" else f" ({r['mutants'].rsplit('.', 1)[-1]})")
+        if r["mutants"] == "*":
+            name = r["module"]
+        elif "=" in r["mutants"]:
+            name = f"{r['module']} ({r['mutants'].partition('=')[0]})"
+        else:
+            name = f"{r['module']} ({r['mutants'].rsplit('.', 1)[-1]})"
+        if r.get("sampled"):
+            name += f" [{r['total']} of {r['mutants_in_file']}]"
         rows.append((name, str(r["killed_or_timeout"]), str(r["scored"]),
                      f"{r['score']:.1f} %" if r["score"] is not None else "-",
                      str(c.get("survived", 0)), str(c.get("timeout", 0)), str(c.get("no tests", 0)), str(other),
                      f"{r['seconds'] / 60:.1f} min", r["rev"][:9]))
+    killed = sum(r["killed_or_timeout"] for r in results)
+    scored = sum(r["scored"] for r in results)
+    rows.append(("all", str(killed), str(scored), f"{100.0 * killed / scored:.1f} %" if scored else "-",
+                 *(str(sum(r["counts"].get(k, 0) for r in results)) for k in ("survived", "timeout", "no tests")), "",
+                 f"{sum(r['seconds'] for r in results) / 60:.1f} min", ""))
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
     fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
     print(fmt.format(*head))
@@ -274,19 +362,25 @@ def main() -> None:
     p.add_argument("name")
     p.add_argument("--seconds", type=float, required=True)
     p.add_argument("--rev", required=True)
+    p.add_argument("--sample", type=int, default=None)
+    p = sub.add_parser("sample")
+    p.add_argument("name")
+    p.add_argument("size", type=int)
     p = sub.add_parser("table")
     p.add_argument("--markdown", type=Path)
     args = parser.parse_args()
     if args.command == "modules":
-        chosen = [find_module(n) for n in args.names] if args.names else [m for m in read_modules() if m.run == "core"]
+        chosen = [m for n in args.names for m in find_modules(n)] if args.names else [m for m in read_modules() if m.run == "core"]
         for m in chosen:
             print(f"{m.path}\t{m.slug}\t{m.mutant_filter or ''}")
     elif args.command == "stage":
         print(stage(find_module(args.name)))
     elif args.command == "collect":
-        r = collect(find_module(args.name), args.seconds, args.rev)
+        r = collect(find_module(args.name), args.seconds, args.rev, args.sample)
         print(f"{r['module']}: {r['killed_or_timeout']}/{r['scored']} killed"
               f" ({r['score']} %), {r['counts']['survived']} survived, {r['counts']['no tests']} no tests")
+    elif args.command == "sample":
+        print("\n".join(sample(find_module(args.name), args.size)))
     elif args.command == "table":
         table(args.markdown)
 
