@@ -365,10 +365,6 @@ def _prefix(ref: Ref, i: int) -> str:
     return ref.root + "".join(_segment_text(k) for k in ref.path[:i])
 
 
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
 def _resolve(ref: Ref, ctx: Mapping[str, Any], expression: str, location: Location) -> Any:
     def fail(message: str) -> EvaluationError:
         return EvaluationError(
@@ -406,9 +402,9 @@ def _resolve(ref: Ref, ctx: Mapping[str, Any], expression: str, location: Locati
         elif value is None:
             raise fail(f"{_prefix(ref, i)} is null, so it has no field {key!r}")
         elif isinstance(value, (str, bytes, int, float, complex)):
-            raise fail(f"{_prefix(ref, i)} is a {_type_name(value)}, so it has no field {key!r}")
+            raise fail(f"{_prefix(ref, i)} is a {type(value).__name__}, so it has no field {key!r}")
         elif isinstance(key, int):
-            raise fail(f"{_prefix(ref, i)} is a {_type_name(value)}, it cannot be indexed with {key}")
+            raise fail(f"{_prefix(ref, i)} is a {type(value).__name__}, it cannot be indexed with {key}")
         elif key.startswith("_"):
             # Attribute walking is for data; private and dunder names would reach internals.
             raise fail(f"{key!r} is private; references cannot read names starting with _")
@@ -419,7 +415,7 @@ def _resolve(ref: Ref, ctx: Mapping[str, Any], expression: str, location: Locati
                 raise fail(_missing(ref, i, value)) from None
             except Exception as exc:  # a property of the user's object that fails
                 raise fail(
-                    f"reading {key!r} of {_prefix(ref, i)} (a {_type_name(value)}) raised {type(exc).__name__}: {exc}"
+                    f"reading {key!r} of {_prefix(ref, i)} (a {type(value).__name__}) raised {type(exc).__name__}: {exc}"
                 ) from exc
     return value
 
@@ -882,12 +878,9 @@ def _compare(node: _Cmp, left: Any, right: Any, expression: str, location: Locat
         if isinstance(left, bool) or isinstance(right, bool):
             # true == 1 would be Python's answer; here booleans only equal booleans.
             equal = isinstance(left, bool) and isinstance(right, bool) and left == right
-        elif _is_number(left) and _is_number(right):
-            equal = left == right
         else:
             try:
-                result = left == right
-                equal = result if isinstance(result, bool) else bool(result)
+                equal = bool(left == right)
             except Exception:  # noqa: BLE001 - arrays and frames compare element-wise
                 raise fail() from None
         return equal if op == "==" else not equal

@@ -525,7 +525,7 @@ class Scheduler:
             self.reload()
             for request in self.files.take_requests():
                 inputs = request.get("inputs") if isinstance(request.get("inputs"), dict) else None
-                kind = request.get("kind") if request.get("kind") in ("manual", "webhook") else "manual"
+                kind = "webhook" if request.get("kind") == "webhook" else "manual"
                 self.fire_now(str(request["schedule"]), inputs, kind=kind, trigger_id=str(request["trigger_id"]))
             now = self.clock()
             for schedule in self.schedules.values():
