@@ -24,7 +24,7 @@ def core_modules() -> list[str]:
     for line in MODULES.read_text(encoding="utf-8").splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
             names.append(line.split()[0])
-    return names
+    return list(dict.fromkeys(names))  # a file cut in slices has a line per slice
 
 
 def rows(report: dict, modules: list[str]) -> list[tuple[str, int, int, int, int]]:
