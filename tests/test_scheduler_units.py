@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_clock import FakeClock
+from kernelflow.store import FolderStore
 
 from kernelflow.events import Event
 from kernelflow.scheduler import (
@@ -34,7 +36,6 @@ from kernelflow.scheduler import (
     load_sources,
 )
 from kernelflow.schedules import parse_schedule
-from kernelflow.store import FolderStore
 
 UTC = timezone.utc
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -49,17 +50,6 @@ def write_flow(folder: Path, schedule: str, name: str = "tiny") -> Path:
     path.write_text(flow_text(name, schedule))
     return path
 
-
-class FakeClock:
-    def __init__(self, start: datetime = T0) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> datetime:
-        self.now += timedelta(**delta)
-        return self.now
 
 
 class Run:
@@ -120,7 +110,7 @@ def store(tmp_path: Path) -> FolderStore:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(T0)
 
 
 @pytest.fixture

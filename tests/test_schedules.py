@@ -13,6 +13,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from fake_clock import FakeClock
 
 from kernelflow.exceptions import DefinitionError
 from kernelflow.schedules import (
@@ -46,19 +47,6 @@ def sched(flow: Path, **spec) -> Schedule:
 
 # --------------------------------------------------------------------------- fire times
 
-
-class FakeClock:
-    """A clock the test moves by hand (no waiting)."""
-
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> datetime:
-        self.now += timedelta(**delta)
-        return self.now
 
 
 def test_every_minute_cron_against_a_controllable_clock(flow: Path) -> None:
