@@ -24,11 +24,18 @@ def _cell(nb, start: str):
 def _text(cell) -> str:
     """Everything a cell printed or displayed as plain text."""
     parts = []
+    previous = None
     for out in cell.get("outputs", []):
         if out.get("output_type") == "stream":
-            parts.append(out["text"])
+            # One print can reach the notebook as several stream messages when the kernel
+            # flushes in its middle (seen under load): consecutive pieces are one text.
+            if previous is not None and previous.get("output_type") == "stream" and previous["name"] == out["name"]:
+                parts[-1] += out["text"]
+            else:
+                parts.append(out["text"])
         elif "data" in out:
             parts.append(out["data"].get("text/plain", ""))
+        previous = out
     return "\n".join(parts)
 
 
