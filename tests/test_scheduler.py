@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_clock import FakeClock
 from kernelflow.store import FolderStore
 
 from kernelflow.scheduler import Scheduler
@@ -64,17 +65,6 @@ def wait_until(condition: Callable[[], Any], timeout: float = 60.0, every: float
             return value
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-class FakeClock:
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 def triggers(store: FolderStore) -> list[dict[str, Any]]:
