@@ -153,6 +153,15 @@ def test_workflows_are_read_and_a_file_that_is_not_json_is_left_out(tmp_path: Pa
     assert store.sql("SELECT count(*) FROM workflows").item() == 0
 
 
+def test_the_workflows_view_has_its_columns_before_any_workflow_is_registered(tmp_path: Path) -> None:
+    store = FolderStore(tmp_path / "store")
+    store.append(E("r", 0))
+    assert not (store.path / "workflows").exists()
+    found = store.sql("SELECT * FROM workflows")
+    assert found.height == 0
+    assert found.columns == ["name", "version", "registered_at", "tasks", "definition", "runs", "last_run_at"]
+
+
 def test_triggers_show_each_triggers_latest_record(tmp_path: Path) -> None:
     store = created(tmp_path)
     assert store.sql("SELECT * FROM triggers").height == 0
@@ -285,6 +294,35 @@ def test_a_dropped_internal_table_is_rebuilt(tmp_path: Path) -> None:
     assert count(store) == 3 and seqs(store, "r") == [0, 1, 2]
 
 
+def test_a_query_failing_in_an_open_transaction_reports_its_own_error(tmp_path: Path) -> None:
+    # The failure aborts the transaction, so nothing can be looked up or repaired
+    # afterwards; running the query again would only say "transaction is aborted".
+    store = created(tmp_path)
+    store.append_many([E("r", 0)])
+    store.sql("BEGIN")
+    with pytest.raises(StoreError, match=r"^SQL error: Conversion Error: Could not convert string 'x' to INT32"):
+        store.sql("SELECT 'x'::INTEGER")
+    with pytest.raises(StoreError, match=r"^SQL error: TransactionContext Error: Current transaction is aborted"):
+        store.sql("SELECT 1")
+    store.sql("ROLLBACK")
+    assert count(store) == 1
+
+
+def test_a_store_file_no_retry_can_read_fails_every_query_with_what_to_do(tmp_path: Path) -> None:
+    # A folder where a trigger log should be: not damage DuckDB can be told to skip,
+    # and setting the connection up afresh does not help either.
+    store = created(tmp_path)
+    store.append_many([E("r", 0)])
+    (store.path / "triggers" / "nightly.jsonl").mkdir(parents=True)
+    with pytest.raises(StoreError) as info:
+        count(store)
+    text = str(info.value)
+    assert text.startswith(f"cannot read the event store at {store.path}: IO Error: No files found that match")
+    assert text.endswith(". If a file in it is damaged, move it out of the folder and retry.")
+    (store.path / "triggers" / "nightly.jsonl").rmdir()
+    assert count(store) == 1
+
+
 # --- files that vanish while being read ---------------------------------------------------
 
 
@@ -332,13 +370,10 @@ def test_an_events_file_that_vanishes_after_listing_is_listed_again(tmp_path: Pa
     assert len(calls) >= 2 and fresh.problems() == []
 
 
-def test_an_events_file_removed_after_the_refresh_is_listed_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Removed between bringing the views up to date and running the query (a
-    # merge finished right then): the query names the missing file; it runs again.
-    store = created(tmp_path)
-    write_segment(store, "w-1-1-00000001.jsonl", E("r", 0).to_json_line())
-    assert store.compact() == 1
-    [path] = (store.path / "events").glob("*.parquet")
+def vanish_after_refresh(monkeypatch: pytest.MonkeyPatch, path: Path, times: int = 1) -> list[int]:
+    """Remove ``path`` right after the next ``times`` refreshes of the views, before
+    the query runs (a merge finishing right then), putting it back in between;
+    returns a counter of refreshes."""
     data = path.read_bytes()
     real = query_mod.QueryEngine._refresh
     calls: list[int] = []
@@ -348,14 +383,40 @@ def test_an_events_file_removed_after_the_refresh_is_listed_again(tmp_path: Path
             path.write_bytes(data)
         real(self, conn)
         calls.append(1)
-        if len(calls) == 1:
+        if len(calls) <= times:
             path.unlink()
 
     monkeypatch.setattr(query_mod.QueryEngine, "_refresh", refresh)
+    return calls
+
+
+def test_an_events_file_removed_after_the_refresh_is_listed_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The query names the missing file; it runs again.
+    store = created(tmp_path)
+    write_segment(store, "w-1-1-00000001.jsonl", E("r", 0).to_json_line())
+    assert store.compact() == 1
+    [path] = (store.path / "events").glob("*.parquet")
+    calls = vanish_after_refresh(monkeypatch, path)
     with warnings.catch_warnings():
         warnings.simplefilter("error", StoreDamageWarning)
         assert count(store) == 1
     assert len(calls) == 2 and store.problems() == []
+
+
+def test_a_query_whose_events_file_keeps_vanishing_gives_up_after_20_attempts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = created(tmp_path)
+    write_segment(store, "w-1-1-00000001.jsonl", E("r", 0).to_json_line())
+    assert store.compact() == 1
+    [path] = (store.path / "events").glob("*.parquet")
+    calls = vanish_after_refresh(monkeypatch, path, times=10_000)
+    with pytest.raises(StoreError) as info:
+        count(store)
+    assert str(info.value) == (
+        f"the event store at {store.path} kept changing while being read (20 attempts); retry the query"
+    )
+    assert len(calls) == 20 and store.problems() == []
 
 
 def test_a_folder_that_keeps_changing_gives_up_after_20_attempts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -419,6 +480,96 @@ def test_a_damaged_events_file_found_later_is_found_among_files_known_to_be_soun
     with pytest.warns(StoreDamageWarning, match=later.name):
         assert runs_read(store) == ["a"]
     assert [p["path"] for p in store.problems()] == sorted([str(bad), str(later)])
+
+
+def test_only_the_damaged_file_an_error_names_is_left_out(tmp_path: Path) -> None:
+    # a has no footer: binding the views to the first file's schema fails naming it, so a
+    # alone is left out. b, damaged where this query does not read (the run filter skips
+    # its row group), is not read through for it and stays in.
+    root = tmp_path / "store"
+    a = events_file(root, "a")
+    b = events_file(root, "b")
+    events_file(root, "c")
+    a.write_bytes(a.read_bytes()[:100])
+    damage_first_page(b)
+    store = FolderStore(root)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert seqs(store, "c") == [0, 1]
+    assert [p["path"] for p in store.problems()] == [str(a)]
+    assert len([w for w in caught if issubclass(w.category, StoreDamageWarning)]) == 1
+    with pytest.warns(StoreDamageWarning, match=b.name):
+        assert runs_read(store) == ["c"]  # reading b's rows finds it
+    assert [p["path"] for p in store.problems()] == sorted([str(a), str(b)])
+
+
+def put_aside(tmp_path: Path) -> tuple[FolderStore, Path, bytes]:
+    """A store whose events file of run b was found damaged by the handle
+    returned, then moved to quarantine/ by its compact() and read since; b's file and its good content."""
+    root = tmp_path / "store"
+    events_file(root, "a")
+    b = events_file(root, "b")
+    good = b.read_bytes()
+    b.write_bytes(good[:100])
+    store = FolderStore(root)
+    with pytest.warns(StoreDamageWarning, match=b.name):
+        assert runs_read(store) == ["a"]
+    store.compact()
+    assert not b.exists() and (root / "quarantine" / b.name).exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StoreDamageWarning)  # the same file, reported already
+        assert runs_read(store) == ["a"]
+    return store, b, good
+
+
+def test_a_file_restored_after_it_was_put_aside_is_read_and_not_reported_again(tmp_path: Path) -> None:
+    store, b, good = put_aside(tmp_path)
+    moved = store.path / "quarantine" / b.name
+    restored = b.with_name(".restore")
+    restored.write_bytes(good)
+    os.replace(restored, b)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StoreDamageWarning)  # its damaged copy was reported already
+        assert runs_read(store) == ["a", "b"]
+        assert runs_read(store) == ["a", "b"]
+    assert [p["path"] for p in store.problems()] == [str(moved)]
+    assert store._query.damaged_files() == []
+    b.unlink()  # merged away, say: what was read fine is not called damaged once gone
+    assert store._query.damaged_files() == []
+    assert runs_read(store) == ["a"]
+
+
+def test_a_file_another_handle_put_aside_is_reported_once(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    events_file(root, "a")
+    b = events_file(root, "b")
+    reader = FolderStore(root)
+    assert runs_read(reader) == ["a", "b"]
+    b.write_bytes(b.read_bytes()[:100])
+    store, moved = FolderStore(root), root / "quarantine" / b.name
+    with pytest.warns(StoreDamageWarning, match=b.name):
+        assert runs_read(store) == ["a"]
+    store.compact()
+    assert moved.exists()
+    with pytest.warns(StoreDamageWarning) as record:
+        assert runs_read(reader) == ["a"]
+    [problem] = reader.problems()
+    assert [str(w.message) for w in record] == [f"{problem['problem']}: {moved}. {problem['fix']}"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StoreDamageWarning)
+        assert runs_read(reader) == ["a"]
+    assert reader.problems() == [problem] and problem["path"] == str(moved)
+
+
+def test_a_put_aside_file_deleted_from_quarantine_is_no_longer_a_problem(tmp_path: Path) -> None:
+    store, b, _ = put_aside(tmp_path)
+    moved = store.path / "quarantine" / b.name
+    [problem] = store.problems()
+    assert problem["path"] == str(moved)
+    moved.unlink()
+    moved.with_name(moved.name + ".txt").unlink()
+    assert store.problems() == []
+    assert runs_read(store) == ["a"]
 
 
 # --- damaged segment lines -----------------------------------------------------------------
