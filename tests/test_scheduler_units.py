@@ -266,6 +266,10 @@ def test_one_scheduler_per_store(store: FolderStore, clock: FakeClock, launcher:
         "stop that one first, or use `kernelflow scheduler status` to see it"
     )
     assert second.started_at is None
+    # a holder caught while it writes its record: what is known is said, the rest is '?'
+    store._leases.path("@scheduler").write_text("{")
+    with pytest.raises(SchedulerBusyError, match=r": pid \? on host \?, since \?\. Only one scheduler"):
+        second.start()
     first.shutdown()
     assert store.lease_holder("@scheduler") is None
     second.start()  # free again
@@ -536,6 +540,7 @@ def test_a_missing_target_or_python_fails_to_start(tmp_path: Path, store: Folder
     launcher.error = FileNotFoundError(2, "No such file or directory")
     failed = scheduler.fire_now("tiny")
     assert (failed["outcome"], failed["detail"]) == ("failed_to_start", f"could not start {sys.executable}: No such file or directory")
+    assert f"tiny: failed to start: could not start {sys.executable}: No such file or directory\n" in out.getvalue()
     launcher.error = OSError("no strerror")
     assert scheduler.fire_now("tiny")["detail"] == f"could not start {sys.executable}: no strerror"
     assert launcher.runs == [] and scheduler.status()["running"] == []
@@ -704,17 +709,19 @@ def test_the_latest_record_of_a_trigger_is_the_one_written_last(tmp_path: Path, 
         {**base, "trigger_id": "t-1", "outcome": "succeeded", "at": "2026-01-01T11:00:05Z", "n": 2},
         {**base, "trigger_id": "t-2", "outcome": "started", "at": "2026-01-01T11:00:05Z", "n": 3},
         {**base, "trigger_id": "t-3", "outcome": "started", "at": "2026-01-01T11:00:05Z", "n": 4},
+        {**base, "trigger_id": "t-4", "outcome": "started", "at": "2026-01-01T11:00:05Z"},  # written by hand: no n
     ]
     (folder / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     earlier = [
         {**base, "trigger_id": "t-1", "outcome": "started", "at": "2026-01-01T11:00:05Z", "n": 1},  # same at, lower n
         {**base, "trigger_id": "t-2", "outcome": "succeeded", "at": "2026-01-01T11:00:06Z", "n": 1},  # later at
         {**base, "trigger_id": "t-3", "outcome": "succeeded", "at": "2026-01-01T11:00:05Z", "n": 4},  # a tie: the later line
+        {**base, "trigger_id": "t-4", "outcome": "succeeded", "at": "2026-01-01T11:00:05Z"},  # no n on either: a tie too
     ]
     (folder / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in earlier))
     scheduler = make(store, [], clock, launcher)
     scheduler.start()
-    assert len(store.schedules.trigger_records()) == 7  # all three ended: nothing to settle
+    assert len(store.schedules.trigger_records()) == 9  # all four ended: nothing to settle
 
 
 # --------------------------------------------------------------------------- schedules read at every tick
