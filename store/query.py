@@ -548,13 +548,14 @@ class QueryEngine:
             conn.parquet_key = listing.parquet
         if listing.workflows != conn.workflows_key:
             if listing.workflows:
-                source = f"read_text({path_list(Path(p) for p in listing.workflows)})"
-                # Definitions are written atomically; a file that is not JSON
-                # anyway (edited by hand) is left out rather than failing every query.
+                # Definitions are written atomically; a file that is not JSON or not
+                # UTF-8 anyway (edited by hand) is left out rather than failing every
+                # query: read_text would refuse the whole list for one bad byte.
+                source = f"read_blob({path_list(Path(p) for p in listing.workflows)})"
                 con.execute(
-                    "CREATE OR REPLACE TEMP TABLE _workflow_defs AS "
-                    f"SELECT TRY_CAST(content AS JSON) AS definition FROM {source} "
-                    "WHERE TRY_CAST(content AS JSON) IS NOT NULL"
+                    "CREATE OR REPLACE TEMP TABLE _workflow_defs AS SELECT definition FROM "
+                    f"(SELECT TRY_CAST(TRY(decode(content)) AS JSON) AS definition FROM {source}) "
+                    "WHERE definition IS NOT NULL"
                 )
             else:
                 con.execute("CREATE OR REPLACE TEMP TABLE _workflow_defs AS SELECT NULL::JSON AS definition WHERE false")

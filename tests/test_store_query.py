@@ -145,6 +145,7 @@ def test_workflows_are_read_and_a_file_that_is_not_json_is_left_out(tmp_path: Pa
     assert store.sql("SELECT definition->>'name' FROM workflows").rows() == [("wf",)]
     store.register_workflow({"name": "wf2", "version": "v9", "tasks": [{"id": "a"}]})
     (store.path / "workflows" / "wf2" / "broken.json").write_text("{not json")
+    (store.path / "workflows" / "wf2" / "latin1.json").write_bytes('{"name": "café"}'.encode("latin-1"))  # not UTF-8
     (store.path / "workflows" / "wf2" / "notes.txt").write_text("{}")
     (store.path / "workflows" / "README.json").write_text("{}")  # not in a workflow's folder
     names = store.sql("SELECT definition->>'name' AS n, definition->>'version' AS v FROM workflows ORDER BY n").rows()
