@@ -13,6 +13,7 @@ import time
 import pytest
 
 import kernelflow as kf
+import kernelflow.engine as engine
 from kernelflow.cell_compiler import compile_cell
 
 
@@ -177,6 +178,28 @@ def test_inputs_that_are_not_small_json_are_shown_by_type_and_kept_as_artifacts(
     assert "input_refs" not in small and small["inputs"] == {"n": 2, "big": "y" * 10, "tup": [1]}
 
 
+def test_an_input_of_2048_bytes_of_json_is_inline_and_a_larger_one_an_artifact_of_attempt_0():
+    wf, _ = define("in_sizes", "def a(s):\n    return len(s)\n")
+    at_limit = started_payload(wf.run(s="x" * 2046))  # 2048 bytes with the quotes
+    assert at_limit["inputs"] == {"s": "x" * 2046} and "input_refs" not in at_limit
+    run = wf.run(s="x" * 2047)
+    payload = started_payload(run)
+    assert payload["inputs"] == {"s": {"type": "str", "repr": repr("x" * 2047)[:200]}}
+    ref = payload["input_refs"]["s"]
+    # attempt 0: the run's own inputs, before any task attempt (as a fork's reused outputs)
+    assert (ref["ref"], ref["format"]) == (f"artifacts/{run.run_id}/input.s.0.pkl", "pickle")
+    assert run.store.load_artifact(ref) == "x" * 2047
+
+
+def test_an_input_json_cannot_encode_is_shown_by_its_repr_and_kept_as_an_artifact():
+    wf, _ = define("in_set", "def a(s):\n    return sorted(s)\n")
+    run = wf.run(s={2, 1})
+    payload = started_payload(run)
+    assert payload["inputs"] == {"s": {"type": "set", "repr": "{1, 2}"}}
+    assert run.store.load_artifact(payload["input_refs"]["s"]) == {1, 2}
+    assert run["a"] == [1, 2]
+
+
 def test_print_output_is_recorded_as_a_log_event_of_the_attempt():
     wf, _ = define("logs", "def talk():\n    print('hello')\n    return 1\n")
     run = wf.run()
@@ -282,6 +305,22 @@ def test_continue_on_failure_records_continued_and_dependents_get_none():
     assert run.continued["bad"].exc_type == "KeyError"
 
 
+def test_a_retry_starts_when_its_delay_is_over_while_other_work_still_runs(monkeypatch):
+    # Only the second attempt lets `other` end: the driver must wake for the retry itself,
+    # not when other work ends (other gives up after 10 s) nor at its next look around
+    # (moved beyond that, so the test does not depend on how fast the machine is).
+    monkeypatch.setattr(engine, "INTERRUPT_POLL_S", 60.0)
+    src = (
+        "go = threading.Event()\n"
+        "@kf.task(retries=1, retry_delay=0.05, jitter=0)\n"
+        "def flaky():\n    if kf.context().attempt == 1:\n        raise ValueError('once')\n    go.set()\n    return 2\n"
+        "def other():\n    return go.wait(10)\n"
+    )
+    wf, _ = define("retry_wakes", src)
+    run = wf.run()
+    assert (run["flaky"], run["other"]) == (2, True)
+
+
 # --- timeouts -------------------------------------------------------------------------------
 
 SLOW = "gate = threading.Event()\n@kf.task(timeout=0.05{opts})\ndef slow():\n    gate.wait(2)\n    return 'late'\n"
@@ -366,6 +405,52 @@ def test_a_late_result_of_a_timed_out_attempt_is_ignored():
     run = wf.run()
     assert run["slow"] == "second"
     assert [t for t, _, _ in of_task(run, "slow")].count("TaskSucceeded") == 1
+
+
+class _Holding:
+    """An executor that takes attempts and never runs them; it notes which ones it is asked to cancel."""
+
+    name = "holding"
+
+    def __init__(self, cancelled):
+        self.cancelled = cancelled
+
+    def submit(self, call, report):
+        return _Ticket(call, self.cancelled)
+
+    def shutdown(self, wait=False):
+        pass
+
+
+class _Ticket:
+    def __init__(self, call, cancelled):
+        self.call, self.cancelled = call, cancelled
+
+    def cancel(self):
+        self.cancelled.append((self.call.task_id, self.call.attempt))
+        return True
+
+
+def test_a_timed_out_attempt_is_cancelled_through_its_executors_handle():
+    from kernelflow import plugin_host
+    from kernelflow.executor_api import ExecutorSpec
+
+    cancelled: list = []
+
+    class Plugin:
+        @kf.hookimpl
+        def kernelflow_register_executors(self):
+            return [ExecutorSpec("holding", lambda max_parallel: _Holding(cancelled), "never runs")]
+
+    plugin = Plugin()
+    plugin_host.register(plugin, name="holding-executor")
+    try:
+        wf, _ = define("to_cancel", "@kf.task(executor='holding', timeout=0.05)\ndef slow():\n    return 1\n")
+        run = wf.run(raise_on_failure=False)
+    finally:
+        plugin_host.unregister(plugin)
+    assert of_task(run, "slow")[-1] == ("TaskTimedOut", 1, {"timeout_s": 0.05, "error": _timeout_error()})
+    assert cancelled == [("slow", 1)]
 
 
 # --- fallbacks and compensation -------------------------------------------------------------
@@ -473,6 +558,16 @@ def test_conditions_read_task_outputs_and_statuses():
     run = wf.run()
     assert of_task(run, "b")[0][2]["result"] is True and run["b"] == 1
     assert of_task(run, "c")[0][2]["result"] is False
+
+
+def test_a_run_failed_by_a_condition_raises_from_the_conditions_error():
+    src = '@kf.task(when="{{tasks.q.output.x}} > 3")\ndef w2(q):\n    return 1\ndef q():\n    return {}\n'
+    wf, _ = define("badcond_cause", src)
+    with pytest.raises(kf.RunFailedError) as info:
+        wf.run()
+    cause = info.value.__cause__
+    assert type(cause).__name__ == "EvaluationError"
+    assert str(cause) == "{{tasks.q.output.x}}: the output of task 'q' has no field 'x' (it is empty)"
 
 
 # --- approval gates, breakpoints, sleeps ----------------------------------------------------
@@ -682,6 +777,26 @@ def test_a_sleep_step_records_its_wake_up_time_and_succeeds_with_none(tmp_path):
     assert run["after"] == [None]
 
 
+def test_a_sleep_lasts_its_time_when_other_work_wakes_the_driver_first(tmp_path):
+    path = tmp_path / "nap_busy.yaml"
+    path.write_text("name: nap_busy\ntasks:\n  - id: nap\n    sleep: 0.2s\n  - id: quick\n    run: python:quick\n")
+    run = kf.load(path, {"quick": lambda: 1}).run()
+    # quick's completion wakes the driver long before the sleep is over: the sleep must go on
+    events = run.store.read_run(run.run_id)
+    started = next(e for e in events if e.type == "SleepStarted")
+    woke = next(e for e in events if e.type == "TaskSucceeded" and e.task_id == "nap")
+    assert woke.ts >= started.payload["wake_at"]
+
+
+def test_a_breakpoint_replacement_kept_as_an_artifact_reaches_the_task():
+    src = "def raw():\n    return [3, 1]\ndef clean(raw):\n    return [type(raw).__name__, sorted(raw)]\n"
+    run = cell("bp_artifact", src).run(break_before=["clean"])
+    run.resume(replace={"raw": (5, 4)})  # a tuple does not survive JSON: stored as an artifact
+    released = [p for t, _, p in of_task(run, "clean") if t == "BreakpointReleased"]
+    assert released[0]["replaced"]["raw"]["output_ref"] is not None
+    assert run["clean"] == ["tuple", [4, 5]]
+
+
 # --- loops ------------------------------------------------------------------------------------
 
 
@@ -817,6 +932,40 @@ def test_nested_for_each_paths_and_outputs():
     assert [o["outputs"] for o in run["each"]["outputs"]] == [[10, 20], [30]]
 
 
+def test_a_retried_item_gives_its_slot_back_so_the_rest_of_a_one_at_a_time_loop_runs():
+    src = (
+        "SEEN = []\n"
+        "@kf.task(retries=1, retry_delay=0, jitter=0)\n@kf.for_each([1, 2, 3], max_parallel=1)\ndef it(item):\n"
+        "    SEEN.append(item)\n    if SEEN == [1]:\n        raise ValueError('again')\n    return item * 10\n"
+    )
+    wf, ns = define("each_slot", src)
+    run = wf.run()
+    assert ns["SEEN"] == [1, 1, 2, 3]
+    assert run["it"]["outputs"] == [10, 20, 30]
+
+
+def test_for_each_items_that_are_not_a_list_fail_the_task_naming_what_they_gave():
+    src = "def n():\n    return 5\n@kf.for_each('{{tasks.n.output}}')\ndef each(item, n):\n    return item\n"
+    wf, _ = define("each_not_list", src)
+    run = wf.run(raise_on_failure=False)
+    message = "forEach of task 'each': items must be a list, but '{{tasks.n.output}}' gave int 5"
+    assert of_task(run, "each") == [
+        ("TaskScheduled", 1, {}), ("TaskStarted", 1, {"executor": "threads"}),
+        ("TaskFailed", 1, {"error": {"exc_type": "StepFailed", "message": message, "traceback": False}}),
+    ]  # fmt: skip
+
+
+def test_a_for_each_item_has_its_path_in_its_context_and_a_plain_task_none():
+    src = (
+        "def plain():\n    c = kf.context()\n    return [list(c.item), c.scope]\n"
+        "@kf.for_each(['a', 'b'])\ndef each(item):\n    c = kf.context()\n    return [list(c.item), c.scope]\n"
+    )
+    wf, _ = define("each_path", src)
+    run = wf.run()
+    assert run["plain"] == [[], "plain#0"]
+    assert run["each"]["outputs"] == [[[0], "each#0[0]"], [[1], "each#0[1]"]]
+
+
 def test_switch_records_the_value_case_and_target():
     src = """
 import kernelflow as kf
@@ -908,6 +1057,24 @@ def test_a_replay_fails_a_side_effect_step_that_has_no_recorded_output():
     assert task.error["message"] == "step 'sub' (workflow) is a side effect; replay uses its recorded output, but it has none (recorded: failed)"
 
 
+@pytest.mark.parametrize(("step", "kind"), [("kf.shell(['false'])", "shell"), ("kf.notebook('missing.ipynb')", "notebook")])
+def test_a_replay_does_not_run_a_shell_or_notebook_step_again(step, kind):
+    run = cell(f"side_{kind}", f"import kernelflow as kf\nside = {step}\n").run(raise_on_failure=False)
+    assert run.state.tasks["side"].status == "failed"
+    task = run.replay().replayed.tasks["side"]
+    assert task.error["message"] == f"step 'side' ({kind}) is a side effect; replay uses its recorded output, but it has none (recorded: failed)"
+
+
+def test_a_fork_records_the_reused_outputs_as_its_own_then_runs_from_the_step():
+    wf, _ = define("forked", "def a(n):\n    return n * 2\ndef b(a):\n    return a + 1\n")
+    parent = wf.run(n=3)
+    child = parent.fork("b")
+    assert [r for r in record(child) if r[1] is not None] == [
+        ("TaskSucceeded", "a", 0, {**out(6, "int"), "reused_from": parent.run_id}),
+        ("TaskScheduled", "b", 1, {}), ("TaskStarted", "b", 1, {"executor": "threads"}), ("TaskSucceeded", "b", 1, out(7, "int")),
+    ]  # fmt: skip
+
+
 # --- circuit breakers, executors ----------------------------------------------------------------
 
 BREAKER = """
@@ -963,6 +1130,14 @@ def test_a_half_open_circuit_records_the_probe_closing_it():
     assert run.output == "fresh"
 
 
+def test_a_call_refused_by_an_open_circuit_is_retried_as_an_error():
+    ns = {"NAME": "svc_retry", "EXTRA": {"retries": 3, "retry_delay": 0, "jitter": 0}, "FAIL": True}
+    run = cell("breaker_retry", BREAKER, ns).run(raise_on_failure=False)
+    retrying = [(a, p["reason"], p["error"]["exc_type"]) for t, a, p in of_task(run, "call") if t == "TaskRetrying"]
+    assert retrying == [(1, "error", "ConnectionError"), (2, "error", "ConnectionError"), (3, "error", "CircuitOpen")]
+    assert len(ns["CALLS"]) == 2
+
+
 class _Refusing:
     """An executor whose submit raises (a plugin that cannot start the attempt)."""
 
@@ -1008,6 +1183,57 @@ def test_an_executor_that_raises_in_submit_fails_the_attempt_naming_its_plugin()
     assert "scheduler refused the job" in error["traceback"]
 
 
+def test_an_executor_whose_plugin_is_gone_when_the_run_starts_fails_the_attempt_with_the_registry_error():
+    from kernelflow import plugin_host
+    from kernelflow.executor_api import ExecutorSpec
+
+    class Plugin:
+        @kf.hookimpl
+        def kernelflow_register_executors(self):
+            return [ExecutorSpec("vanishing", _Elsewhere, "unregistered before the run")]
+
+    plugin = Plugin()
+    plugin_host.register(plugin, name="vanishing-executor")
+    try:
+        wf, _ = define("vanished", "@kf.task(executor='vanishing')\ndef a():\n    return 1\n")
+    finally:
+        plugin_host.unregister(plugin)
+    run = wf.run(raise_on_failure=False)
+    rec = of_task(run, "a")
+    assert [(t, a) for t, a, _ in rec] == [("TaskScheduled", 1), ("TaskStarted", 1), ("TaskFailed", 1)]
+    error = rec[-1][2]["error"]
+    # no plugin to name: the registry's own error, as it is
+    assert (error["exc_type"], error["traceback"]) == ("PluginError", False)
+    assert error["message"].startswith("no executor named 'vanishing'; registered executors: ")
+
+
+def test_outcomes_that_came_in_together_are_all_recorded_before_new_work_starts():
+    # An executor that reports each attempt before its submit returns: a's and b's outcomes
+    # are both waiting when the driver looks; c (after a) starts only once both are recorded.
+    from kernelflow import plugin_host
+    from kernelflow.executor_api import ExecutorSpec
+
+    class Plugin:
+        @kf.hookimpl
+        def kernelflow_register_executors(self):
+            return [ExecutorSpec("at_once", _Elsewhere, "reports inside submit")]
+
+    plugin = Plugin()
+    plugin_host.register(plugin, name="at-once-executor")
+    try:
+        src = "def a():\n    return 1\ndef b():\n    return 2\ndef c(a):\n    return 3\n"
+        wf, _ = define("drained", src, executor="at_once")
+        run = wf.run()
+    finally:
+        plugin_host.unregister(plugin)
+    assert [(t, task) for t, task, _, _ in record(run)][1:-1] == [
+        ("TaskScheduled", "a"), ("TaskScheduled", "b"),
+        ("TaskStarted", "a"), ("TaskStarted", "b"),
+        ("TaskSucceeded", "a"), ("TaskScheduled", "c"), ("TaskSucceeded", "b"),
+        ("TaskStarted", "c"), ("TaskSucceeded", "c"),
+    ]  # fmt: skip
+
+
 # --- templates: input and output mappings --------------------------------------------------------
 
 
@@ -1030,6 +1256,21 @@ def test_an_output_mapping_shapes_the_recorded_output_and_a_bad_one_is_retried_t
     assert [t for t, _, _ in rec] == ["TaskScheduled", "TaskStarted", "TaskRetrying", "TaskScheduled", "TaskStarted", "TaskFailed"]
     assert rec[-1][2]["error"]["message"].startswith("output mapping: {{output.nope}}: ")
 
+
+
+def test_a_stored_definition_whose_input_mapping_reads_output_fails_the_task_at_run_time():
+    # A definition refuses {{output}} outside output:, but one loaded with Workflow.from_dict
+    # is not checked again: at run time there is no output to give it, not None.
+    import json
+
+    from kernelflow.model import Workflow
+
+    wf, ns = define("stored_output", "@kf.task(input={'x': '{{inputs.k}}'})\ndef a(x):\n    return x\n")
+    stored = json.loads(wf.to_json().replace("{{inputs.k}}", "{{output}}"))
+    del stored["version"]  # edited by hand
+    run = Workflow.from_dict(stored, namespace={"a": ns["a"]}).run(k=1, raise_on_failure=False)
+    message = "{{output}}: there is no step output here (output is available once the step has run)"
+    assert of_task(run, "a")[-1] == ("TaskFailed", 1, {"error": {"exc_type": "EvaluationError", "message": message, "traceback": False}})
 
 
 def test_what_a_for_each_item_prints_is_logged_with_its_index():
