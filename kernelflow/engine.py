@@ -359,7 +359,7 @@ class _Driver:
                 return
             index = frame.next
             frame.next += 1
-            if not frame.can_start() and frame.next >= len(frame.items):
+            if frame.next >= len(frame.items):  # every item handed out
                 self.frames.remove(frame)
             self.start_item(frame, index, 1)
 
@@ -482,11 +482,14 @@ class _Driver:
                 self.task_succeeded(tid, attempt, {"approved": True, "by": by, "input": data, "comment": answer.get("comment"), "expired": outcome == "approve"})
                 return None
             return {**data, "approval": approval}
+        # An expiry's outcome is the gate's on_timeout: reject (then on_reject
+        # decides, as for a rejection), skip or fail.
+        on_reject = gate.get("on_reject", "fail")
         if kind == ev.APPROVAL_REJECTED:
-            policy = gate.get("on_reject", "fail")
+            policy = on_reject
             why = f"rejected by {who}" + (f": {answer.get('reason')}" if answer.get("reason") else "")
         else:
-            policy = {"reject": gate.get("on_reject", "fail")}.get(outcome or "", outcome or "fail")
+            policy = on_reject if outcome == "reject" else outcome
             why = f"approval expired (on_timeout: {outcome})"
         if policy == "skip":
             self.skip(tid, why, {"cause": "approval"})
