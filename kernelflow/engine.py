@@ -175,7 +175,9 @@ class _Driver:
         self.executors: dict[str, Executor] = {}
         self.completions: queue.SimpleQueue[TaskOutcome] = queue.SimpleQueue()
         self.report = self.completions.put
-        # call key -> (attempt, handle, meta); key: task id, or (task id, "item", path), or (task id, "fallback")
+        # call key -> (attempt, handle, meta); key: task id, or (task id, "item", path, item attempt),
+        # or (task id, "fallback"). Item tries share the task's attempt, so the item attempt in the
+        # key is what keeps a late report or a stale deadline of an abandoned try off its retry.
         self.running: dict[Any, tuple[int, Any, dict[str, Any]]] = {}
         self.calls: dict[int, Any] = {}
         self.ready: deque[str] = deque()
@@ -919,7 +921,7 @@ class _Driver:
             self.item_finished(frame, index, None, exc, "")
             return
         meta.update({"kind": "item", "frame": frame, "index": index})
-        self.submit((tid, "item", frame.path + (index,)), tid, self.loops.get(tid, 1), fn, kwargs, meta)
+        self.submit((tid, "item", frame.path + (index,), item_attempt), tid, self.loops.get(tid, 1), fn, kwargs, meta)
 
     def item_finished(self, frame: _Frame, index: int, value: Any, exc: BaseException | None, tb: str) -> None:
         tid = frame.tid
@@ -927,7 +929,7 @@ class _Driver:
         frame.active -= 1
         options = self.index[tid].options
         if exc is not None:
-            item_attempt = frame.item_attempts.get(index, 1)
+            item_attempt = frame.item_attempts[index]  # set by start_item
             error = self.error_of(exc, traceback=tb)
             if item_attempt <= options.retries and options.retries_error(exc):
                 delay = options.delay_before(item_attempt + 1, self.rng.random())
@@ -945,9 +947,7 @@ class _Driver:
             frame.results[index] = value
             self.emit(ev.FOREACH_ITEM, tid, None, {"path": path, "index": index, "status": "succeeded"})
         frame.remaining -= 1
-        if frame.remaining == 0:
-            if frame in self.frames:
-                self.frames.remove(frame)
+        if frame.remaining == 0:  # fill dropped the frame when it handed out its last item
             self.frame_done(frame)
 
     def frame_done(self, frame: _Frame) -> None:
@@ -1232,6 +1232,9 @@ class _Driver:
                 self.completed.remove(t)
             self.emit(ev.TASK_RESET, t, state.attempt or None, {"iteration": state.iteration + 1, "loop_from": tid})
         body_set = set(body)
+        # Retries due to items of the loops just reset would start items of a discarded frame.
+        self.retry_heap = [r for r in self.retry_heap if isinstance(r[2], str) or r[2][0].tid not in body_set]
+        heapq.heapify(self.retry_heap)
         # A fresh pass through the region: skip_to exemptions and the counters
         # of loops nested inside it start over (the outer loop's count goes on).
         self.forced -= body_set
