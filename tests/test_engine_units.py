@@ -331,14 +331,12 @@ def _timeout_error(tid="slow"):
 
 
 def test_a_timeout_fails_the_task_at_once_by_default():
-    wf, ns = define("to_fail", SLOW.format(opts="") + "def after(slow):\n    return 1\n")
-    t0 = time.monotonic()
+    wf, ns = define("to_fail", "ENDED = []\n" + SLOW.format(opts="").replace("gate.wait(2)", "gate.wait(30)\n    ENDED.append(1)")
+                    + "def after(slow):\n    return 1\n")
     run = wf.run(raise_on_failure=False)
-    # the run neither waits for the abandoned attempt (2 s) nor notices the timeout late
-    assert time.monotonic() - t0 < 1.5
+    # the run ended without waiting for the abandoned attempt, which is still blocked
+    assert ns["ENDED"] == []
     ns["gate"].set()
-    events = {e.type: e.ts for e in run.store.read_run(run.run_id)}
-    assert events["TaskTimedOut"] - events["TaskStarted"] < 400_000
     assert of_task(run, "slow") == [
         ("TaskScheduled", 1, {}), ("TaskStarted", 1, {"executor": "threads"}),
         ("TaskTimedOut", 1, {"timeout_s": 0.05, "error": _timeout_error()}),
@@ -1298,16 +1296,18 @@ def test_retries_inside_each_loop_iteration_count_from_that_iteration():
     assert retrying == [(1, 0.01, 2), (3, 0.01, 4)]
 
 
-def test_a_replay_does_not_wait_for_retry_delays():
+def test_a_replay_does_not_wait_for_retry_delays(monkeypatch):
+    from test_engine_gates import replay_events
+
     src = (
         "@kf.task(retries=1, retry_delay=0.3, jitter=0)\n"
         "def flaky():\n    if kf.context().attempt == 1:\n        raise ValueError('first')\n    return 'ok'\n"
     )
     wf, _ = define("replay_retry", src)
     run = wf.run()
-    t0 = time.monotonic()
-    report = run.replay()
-    assert time.monotonic() - t0 < 0.3
+    report, events = replay_events(run, monkeypatch)
+    # the delay the replay's retry waits is the one it records
+    assert [p["delay_s"] for t, task, _, p in events if t == "TaskRetrying"] == [0.0]
     assert report.ok and report.replayed.tasks["flaky"].attempt == 2
 
 
