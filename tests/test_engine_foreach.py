@@ -257,7 +257,7 @@ def test_a_timed_out_try_that_reports_late_is_not_taken_for_its_retrys_result():
     # late result belongs to an abandoned try, the item's output is the retry's.
     src = (
         "retry_started = threading.Event()\nfirst_returned = threading.Event()\nTRIES = []\n"
-        "@kf.task(timeout=0.2, retries=1, retry_delay=0, jitter=0)\n@kf.for_each(['x'])\ndef it(item):\n"
+        "@kf.task(timeout=1, retries=1, retry_delay=0, jitter=0)\n@kf.for_each(['x'])\ndef it(item):\n"
         "    TRIES.append(item)\n"
         "    if len(TRIES) == 1:\n        retry_started.wait(5)\n        first_returned.set()\n        return 'abandoned first try'\n"
         "    retry_started.set()\n    first_returned.wait(5)\n    return 'retry'\n"
@@ -269,12 +269,12 @@ def test_a_timed_out_try_that_reports_late_is_not_taken_for_its_retrys_result():
 
 
 def test_the_deadline_of_a_try_that_failed_at_once_does_not_cut_its_retry_short():
-    # Try 1 fails at once (its 0.5 s deadline stays behind), the retry starts 0.3 s later and
-    # runs 0.35 s: within its own 0.5 s, though past the first try's deadline.
+    # Try 1 fails at once (its 1 s deadline stays behind), the retry starts 0.6 s later and
+    # runs 0.5 s: well within its own 1 s, though past the first try's deadline.
     src = (
-        "@kf.task(timeout=0.5, retries=1, retry_delay=0.3, jitter=0)\n@kf.for_each(['x'])\ndef it(item):\n"
+        "@kf.task(timeout=1, retries=1, retry_delay=0.6, jitter=0)\n@kf.for_each(['x'])\ndef it(item):\n"
         "    if kf.context().attempt == 1 and not TRIED:\n        TRIED.append(1)\n        raise ValueError('once')\n"
-        "    time.sleep(0.35)\n    return 'done'\n"
+        "    time.sleep(0.5)\n    return 'done'\n"
     )
     wf, _ = define("each_deadline", "import time\nTRIED = []\n" + src)
     run = wf.run()
