@@ -704,18 +704,7 @@ class _Driver:
         """The callable and arguments for one call of ``tid`` (a task attempt or a forEach item)."""
         task = self.index[tid]
         spec = task.spec
-        meta: dict[str, Any] = {}
-        breaker = spec.circuit_breaker
-        if breaker is not None and not self.run._replaying:
-            from .resilience import circuit_before
-
-            decision, asked_at = circuit_before(self.run, tid, breaker)
-            if decision.transition:
-                self.emit(ev.CIRCUIT_CHANGED, tid, None, {"circuit": breaker["name"], "transition": decision.transition, "reason": decision.reason})
-            if not decision.allowed:
-                raise CircuitOpen(decision.reason)
-            meta["probe"] = decision.probe
-            meta["asked_at"] = asked_at
+        meta = self.ask_circuit(tid, spec.circuit_breaker)
         kind = spec.kind
         if kind == "python":
             fn = self.plan[tid][0]
@@ -723,105 +712,134 @@ class _Driver:
                 raise StepFailed(f"task {tid!r} has no function ({task.ref} was not found when the workflow was loaded)")
             return fn, self.kwargs_for(tid, fn, scope), meta
         if kind == "switch":
-            from .expressions import parse_template
-
-            assert spec.switch is not None
-            value = parse_template(str(spec.switch["value"])).render(self.context(scope)) if isinstance(spec.switch["value"], str) else spec.switch["value"]
-            label = "null" if value is None else (str(value).lower() if isinstance(value, bool) else str(value))
-            target = spec.switch["cases"].get(label)
-            case = label if target is not None else "default"
-            if target is None:
-                target = spec.switch.get("default")
-            if target is None:
-                cases = ", ".join(spec.switch["cases"])
-                raise StepFailed(
-                    f"switch of task {tid!r}: no case matches {value!r} (cases: {cases}) and there is no default; "
-                    "add the case or a default"
-                )
-            self.emit(ev.SWITCH_MATCHED, tid, None, {"value": self.masker.value(_jsonable(value)), "case": case, "target": target})
-            fn = self.wf.callables.get(target)
-            if fn is None:
-                raise StepFailed(f"switch of task {tid!r}: {target} was not found when the workflow was loaded")
+            fn = self.switch_target(tid, scope)
             return fn, self.kwargs_for(tid, fn, scope), meta
+        call_of = _ACTION_CALLS.get(kind)
+        if call_of is None:
+            raise StepFailed(f"task {tid!r}: unknown step kind {kind!r}")
         from .expressions import render_value
 
         action = render_value(dict(spec.action), self.context(scope))
-        timeout = task.options.timeout
-        mask = self.masker.text
-        meta["own_timeout"] = True
-        if kind == "shell":
-            from .shell_step import run_shell
+        if kind == "workflow":  # the child run keeps its own tasks' timeouts; the engine times the call
+            return self.child_call(tid, action, scope), {}, meta
+        meta["own_timeout"] = True  # the step enforces its timeout itself (kills the process, aborts the request)
+        return call_of(self, tid, action, task.options.timeout, self.masker.text), {}, meta
 
-            argv = action["argv"]
-            if isinstance(argv, list):
-                # A template that is a whole argument keeps its type ({{inputs.n}} -> 2);
-                # a command line takes text, so numbers become their text.
-                argv = [_arg_text(a) for a in argv]
-            if action.get("env"):
-                action["env"] = {k: _arg_text(v) for k, v in action["env"].items()}
+    def ask_circuit(self, tid: str, breaker: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Ask the task's circuit breaker before a call: raises :class:`CircuitOpen` when the
+        circuit refuses it; the call's meta (whether it is the half-open probe) otherwise."""
+        if breaker is None or self.run._replaying:
+            return {}
+        from .resilience import circuit_before
 
-            def call_shell() -> Any:
-                return run_shell(
-                    argv,
-                    shell=action.get("shell", False),
-                    cwd=action.get("cwd"),
-                    env=action.get("env"),
-                    inherit_env=action.get("inherit_env", True),
-                    timeout=timeout,
-                    max_output=action.get("max_output", 1_000_000),
-                    stdin=action.get("stdin"),
-                    task_id=tid,
-                    mask=mask,
-                )
+        decision, asked_at = circuit_before(self.run, tid, breaker)
+        if decision.transition:
+            self.emit(ev.CIRCUIT_CHANGED, tid, None, {"circuit": breaker["name"], "transition": decision.transition, "reason": decision.reason})
+        if not decision.allowed:
+            raise CircuitOpen(decision.reason)
+        return {"probe": decision.probe, "asked_at": asked_at}
 
-            return call_shell, {}, meta
-        if kind == "http":
-            from .http_step import http_request
+    def switch_target(self, tid: str, scope: Mapping[str, Any] | None) -> Callable[..., Any]:
+        """The function of the case a switch step's value matches (recorded as ``SwitchMatched``)."""
+        from .expressions import parse_template
 
-            def call_http() -> Any:
-                return http_request(
-                    action["method"],
-                    action["url"],
-                    headers=action.get("headers"),
-                    json=action.get("json"),
-                    params=action.get("params"),
-                    timeout=timeout if timeout is not None else 30.0,
-                    **({"max_body": action["max_body"]} if "max_body" in action else {}),
-                    task_id=tid,
-                    mask=mask,
-                )
+        switch = self.index[tid].spec.switch
+        assert switch is not None
+        value = parse_template(str(switch["value"])).render(self.context(scope)) if isinstance(switch["value"], str) else switch["value"]
+        label = "null" if value is None else (str(value).lower() if isinstance(value, bool) else str(value))
+        target = switch["cases"].get(label)
+        case = label if target is not None else "default"
+        if target is None:
+            target = switch.get("default")
+        if target is None:
+            cases = ", ".join(switch["cases"])
+            raise StepFailed(
+                f"switch of task {tid!r}: no case matches {value!r} (cases: {cases}) and there is no default; "
+                "add the case or a default"
+            )
+        self.emit(ev.SWITCH_MATCHED, tid, None, {"value": self.masker.value(_jsonable(value)), "case": case, "target": target})
+        fn = self.wf.callables.get(target)
+        if fn is None:
+            raise StepFailed(f"switch of task {tid!r}: {target} was not found when the workflow was loaded")
+        return fn
 
-            return call_http, {}, meta
-        if kind == "notebook":
-            from .notebook_step import run_notebook
+    def shell_call(self, tid: str, action: dict[str, Any], timeout: float | None, mask: Callable[[str], str]) -> Callable[[], Any]:
+        from .shell_step import run_shell
 
-            origin = self.wf.origin
-            base = Path(origin).resolve().parent if origin not in ("cell", "") and os.path.isfile(origin) else None
+        argv = action["argv"]
+        if isinstance(argv, list):
+            # A template that is a whole argument keeps its type ({{inputs.n}} -> 2);
+            # a command line takes text, so numbers become their text.
+            argv = [_arg_text(a) for a in argv]
+        if action.get("env"):
+            action["env"] = {k: _arg_text(v) for k, v in action["env"].items()}
 
-            def call_notebook() -> Any:
-                return run_notebook(
-                    action["notebook"],
-                    action.get("parameters"),
-                    kernel=action.get("kernel"),
-                    base_dir=base,
-                    timeout=timeout,
-                    task_id=tid,
-                    mask=mask,
-                )
+        def call_shell() -> Any:
+            return run_shell(
+                argv,
+                shell=action.get("shell", False),
+                cwd=action.get("cwd"),
+                env=action.get("env"),
+                inherit_env=action.get("inherit_env", True),
+                timeout=timeout,
+                max_output=action.get("max_output", 1_000_000),
+                stdin=action.get("stdin"),
+                task_id=tid,
+                mask=mask,
+            )
 
-            return call_notebook, {}, meta
-        if kind == "workflow":
-            from .subworkflows import call_subworkflow
+        return call_shell
 
-            child_inputs = render_value(dict(spec.input), self.context(scope))
-            meta["own_timeout"] = False
-            run = self.run
+    def http_call(self, tid: str, action: dict[str, Any], timeout: float | None, mask: Callable[[str], str]) -> Callable[[], Any]:
+        from .http_step import http_request
 
-            def call_child() -> Any:
-                return call_subworkflow(run, tid, action["workflow"], action.get("version"), child_inputs)
+        def call_http() -> Any:
+            return http_request(
+                action["method"],
+                action["url"],
+                headers=action.get("headers"),
+                json=action.get("json"),
+                params=action.get("params"),
+                timeout=timeout if timeout is not None else 30.0,
+                **({"max_body": action["max_body"]} if "max_body" in action else {}),
+                task_id=tid,
+                mask=mask,
+            )
 
-            return call_child, {}, meta
-        raise StepFailed(f"task {tid!r}: unknown step kind {kind!r}")
+        return call_http
+
+    def notebook_call(self, tid: str, action: dict[str, Any], timeout: float | None, mask: Callable[[str], str]) -> Callable[[], Any]:
+        from .notebook_step import run_notebook
+
+        origin = self.wf.origin
+        # A relative notebook path is read from the defining file's folder (a YAML file, a
+        # notebook); a workflow from a cell or from code has no such folder: the working one.
+        base = Path(origin).resolve().parent if origin not in ("cell", "") and os.path.isfile(origin) else None
+
+        def call_notebook() -> Any:
+            return run_notebook(
+                action["notebook"],
+                action.get("parameters"),
+                kernel=action.get("kernel"),
+                base_dir=base,
+                timeout=timeout,
+                task_id=tid,
+                mask=mask,
+            )
+
+        return call_notebook
+
+    def child_call(self, tid: str, action: dict[str, Any], scope: Mapping[str, Any] | None) -> Callable[[], Any]:
+        from .expressions import render_value
+        from .subworkflows import call_subworkflow
+
+        child_inputs = render_value(dict(self.index[tid].spec.input), self.context(scope))
+        run = self.run
+
+        def call_child() -> Any:
+            return call_subworkflow(run, tid, action["workflow"], action.get("version"), child_inputs)
+
+        return call_child
 
     def submit(self, key: Any, tid: str, attempt: int, fn: Callable[..., Any], kwargs: dict[str, Any], meta: dict[str, Any]) -> None:
         timeout = self.plan[tid][4]
@@ -1319,6 +1337,15 @@ def _fit(fn: Callable[..., Any], available: Mapping[str, Any]) -> dict[str, Any]
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return dict(available)
     return {k: v for k, v in available.items() if k in params}
+
+
+# The steps that are not Python functions: how each one's call is made from its rendered action.
+_ACTION_CALLS: dict[str, Callable[..., Callable[[], Any]]] = {
+    "shell": _Driver.shell_call,
+    "http": _Driver.http_call,
+    "notebook": _Driver.notebook_call,
+    "workflow": _Driver.child_call,
+}
 
 
 def _arg_text(value: Any) -> Any:
