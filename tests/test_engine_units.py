@@ -345,6 +345,19 @@ def test_a_timeout_fails_the_task_at_once_by_default():
                                                          "error": "task 'slow' failed: TimeoutError: task 'slow' ran longer than its timeout of 50ms"})  # fmt: skip
 
 
+def test_a_deadline_that_is_not_due_does_not_fire_when_other_work_wakes_the_driver():
+    # quick ends and wakes the driver while patient (timeout 5 s) still runs: only a deadline
+    # that has passed may time an attempt out
+    src = (
+        "@kf.task(timeout=5)\ndef patient():\n    time.sleep(0.2)\n    return 'done'\n"
+        "@kf.task\ndef quick():\n    return 1\n"
+    )
+    wf, _ = define("not_due", src)
+    run = wf.run()
+    assert run["patient"] == "done"
+    assert [t for t, _, _ in of_task(run, "patient")] == ["TaskScheduled", "TaskStarted", "TaskSucceeded"]
+
+
 def test_on_timeout_skip_records_the_timeout_then_the_skip():
     wf, ns = define("to_skip", SLOW.format(opts=", on_timeout='skip'") + "def after(slow):\n    return 1\n")
     run = wf.run()
@@ -1179,6 +1192,30 @@ def test_an_executor_that_raises_in_submit_fails_the_attempt_naming_its_plugin()
     assert error["message"] == ("executor 'refusing' from plugin 'refusing-executor' raised instead of starting the attempt: "
                                 "ConnectionError: scheduler refused the job")  # fmt: skip
     assert "scheduler refused the job" in error["traceback"]
+
+
+def test_the_error_of_an_executor_that_raised_in_submit_comes_from_the_executors_exception():
+    from kernelflow import plugin_host
+    from kernelflow.exceptions import PluginError
+    from kernelflow.executor_api import ExecutorSpec
+
+    class Plugin:
+        @kf.hookimpl
+        def kernelflow_register_executors(self):
+            return [ExecutorSpec("refusing", _Refusing, "always refuses")]
+
+    plugin = Plugin()
+    plugin_host.register(plugin, name="refusing-executor")
+    try:
+        wf, _ = define("refused_cause", "@kf.task(executor='refusing')\ndef a():\n    return 1\n")
+        with pytest.warns(plugin_host.PluginWarning), pytest.raises(kf.RunFailedError) as failed:
+            wf.run()
+    finally:
+        plugin_host.unregister(plugin)
+    error = failed.value.__cause__
+    assert isinstance(error, PluginError)
+    assert isinstance(error.__cause__, ConnectionError)
+    assert str(error.__cause__) == "scheduler refused the job"
 
 
 def test_an_executor_whose_plugin_is_gone_when_the_run_starts_fails_the_attempt_with_the_registry_error():
