@@ -609,10 +609,10 @@ class _Driver:
 
             kwargs.update(render_value(dict(spec.input), self.context(scope)))
         if spec.for_each and scope:
-            s: Mapping[str, Any] | None = scope
+            # An item's scope holds one level per loop, innermost first: a call is made only
+            # for an item of the innermost loop (outer items open frames).
+            s: Any = scope
             for loop in reversed(spec.for_each):
-                if not s:
-                    break
                 kwargs.setdefault(loop["as"], s["item"])
                 s = s.get("$parent")
         if fn is not None and spec.kind == "switch":

@@ -768,6 +768,15 @@ def test_a_breakpoint_records_the_inputs_and_waits_then_runs_with_replaced_value
     assert run["clean"] == [4, 5]
 
 
+def test_a_replay_runs_a_released_breakpoints_task_with_the_replaced_values():
+    src = "def raw():\n    return [3, 1]\ndef clean(raw):\n    return sorted(raw)\n"
+    run = cell("bp_replay", src).run(break_before=["clean"])
+    run.resume(replace={"raw": [5, 4]})
+    report = run.replay()
+    assert report.ok
+    assert report.replayed.tasks["clean"].output == [4, 5]
+
+
 def test_a_sleep_step_records_its_wake_up_time_and_succeeds_with_none(tmp_path):
     path = tmp_path / "nap.yaml"
     path.write_text("name: nap\ntasks:\n  - id: nap\n    sleep: 0.2s\n  - id: after\n    needs: [nap]\n    run: python:after\n")
@@ -1074,6 +1083,17 @@ def test_a_replay_does_not_run_a_shell_or_notebook_step_again(step, kind):
     assert run.state.tasks["side"].status == "failed"
     task = run.replay().replayed.tasks["side"]
     assert task.error["message"] == f"step 'side' ({kind}) is a side effect; replay uses its recorded output, but it has none (recorded: failed)"
+
+
+def test_a_replay_does_not_send_an_http_request_again(http_server):
+    http_server.route("POST", "/orders", json={"id": 7})
+    run = cell("side_http", "import kernelflow as kf\nside = kf.http('POST', URL + '/orders', json={'n': 1})\n",
+               {"URL": http_server.url}).run()  # fmt: skip
+    assert run["side"] == {"id": 7}
+    http_server.route("POST", "/orders", json={"id": 8})  # a request sent again would give 8
+    report = run.replay()
+    assert report.ok and report.replayed.tasks["side"].output == {"id": 7}
+    assert len(http_server.requests) == 1
 
 
 def test_a_fork_records_the_reused_outputs_as_its_own_then_runs_from_the_step():
