@@ -286,6 +286,18 @@ def test_a_query_that_dropped_one_of_the_views_does_not_break_the_next(statement
     assert count(store) == 2 and seqs(store, "r") == [0, 1]
 
 
+def test_a_failing_query_that_drops_a_view_is_retried_once_then_reports_its_own_error(tmp_path: Path) -> None:
+    # Views are repaired once per query: a query that drops one every time it
+    # runs must not be repaired and re-run until the retries run out.
+    store = created(tmp_path)
+    store.append_many([E("r", 0)])
+    store.sql("CREATE TEMP TABLE t (x INTEGER)")
+    with pytest.raises(StoreError, match='^SQL error: Binder Error: Referenced column "nope" not found'):
+        store.sql("INSERT INTO t VALUES (1); DROP VIEW runs; SELECT nope FROM t")
+    assert store.sql("SELECT count(*) FROM t").item() == 2
+    assert store.sql("SELECT count(*) FROM runs").item() == 1
+
+
 def test_a_dropped_internal_table_is_rebuilt(tmp_path: Path) -> None:
     store = created(tmp_path)
     store.append_many([E("r", 0), E("r", 1)])
