@@ -418,8 +418,9 @@ class _Driver:
             message = self.masker.text(render_message(gate, kwargs, ctx))
             preview = make_preview(gate, kwargs, ctx, self.masker.value)
         except Exception as exc:  # noqa: BLE001 - a template that cannot render is this task's failure
-            self.emit(ev.TASK_STARTED, tid, state.attempt + 1, {"executor": "gate"})
-            self.fail_for_good(tid, state.attempt + 1, self.error_of(exc, "approval message: "), "error", exc)
+            attempt = state.attempt + 1  # TaskStarted moves state.attempt on: the failure is this same attempt
+            self.emit(ev.TASK_STARTED, tid, attempt, {"executor": "gate"})
+            self.fail_for_good(tid, attempt, self.error_of(exc, "approval message: "), "error", exc)
             return
         timeout = gate.get("timeout")
         requested_at = ev.now_us()

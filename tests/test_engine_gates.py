@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from test_engine_units import _no_watcher, cell, define, of_task, record  # noqa: F401 - _no_watcher: autouse fixture
 
 import kernelflow as kf
 from kernelflow import events as ev
 
 
-def replay_events(run, monkeypatch, workflow=None):
-    """Replay ``run``; the report and the events the replay wrote (kept in memory, not in the store)."""
+def replayed(run, monkeypatch, workflow=None):
+    """Replay ``run``; the report and the Event objects the replay wrote (kept in memory, not in the store)."""
     import importlib
 
     replay_module = importlib.import_module("kernelflow.replay")  # kernelflow.replay is also the function
@@ -35,7 +36,13 @@ def replay_events(run, monkeypatch, workflow=None):
     monkeypatch.setattr(replay_module.ReplayStore, "__init__", keep)
     report = replay_module.replay(run.run_id, workflow=workflow)
     [shadow] = shadows
-    return report, [(e.type, e.task_id, e.attempt, dict(e.payload)) for e in shadow.appended]
+    return report, list(shadow.appended)
+
+
+def replay_events(run, monkeypatch, workflow=None):
+    """Replay ``run``; the report and (type, task, attempt, payload) of the events the replay wrote."""
+    report, events = replayed(run, monkeypatch, workflow)
+    return report, [(e.type, e.task_id, e.attempt, dict(e.payload)) for e in events]
 
 
 # --- answers given while the run is driven -------------------------------------------------------
@@ -221,3 +228,86 @@ def test_a_replay_does_not_wait_for_a_sleep_step(tmp_path, monkeypatch):
     assert slept["seconds"] == 2.0
     nap = report.replayed.tasks["nap"]
     assert nap.status == "succeeded" and nap.ended_at < slept["wake_at"]
+
+
+# --- the exact record of gates: attempts, defaults, who answered -----------------------------------
+
+
+def test_a_gate_asks_with_the_on_timeout_and_on_reject_it_was_declared_with():
+    # the defaults (reject, fail) are pinned elsewhere; here the declared values must reach the request
+    src = "import kernelflow as kf\n@kf.approval('ok?', timeout='1h', on_timeout='skip', on_reject='skip')\ndef gate():\n    return 1\n"
+    run = cell("declared_outcomes", src).run()
+    [asked] = [p for t, _, p in of_task(run, "gate") if t == "ApprovalRequested"]
+    assert (asked["on_timeout"], asked["on_reject"]) == ("skip", "skip")
+
+
+def test_an_approval_message_that_cannot_render_fails_the_attempt_the_gate_would_have_asked_for():
+    src = "import kernelflow as kf\ndef rows():\n    return {'a': 1}\n@kf.approval('Ship {{tasks.rows.output.missing}}?')\ndef ship(rows):\n    return 1\n"
+    run = cell("bad_message_attempt", src).run(raise_on_failure=False)
+    assert [(t, a) for t, a, _ in of_task(run, "ship")] == [("TaskScheduled", 1), ("TaskStarted", 1), ("TaskFailed", 1)]
+    assert run.failures["ship"].attempt == 1
+    assert run.state.tasks["ship"].attempt == 1
+
+
+def test_a_granted_gate_hands_the_function_an_approval_marked_granted():
+    src = "import kernelflow as kf\n@kf.approval('Go?')\ndef go(approval):\n    return [approval.granted, approval.expired, approval.by.get('name')]\n"
+    run = cell("granted_flag", src).run()
+    kf.approve(run.run_id, "go", by="ann", resume=False)
+    run.resume()
+    assert run["go"] == [True, False, "ann"]
+
+
+def test_a_pure_yaml_gate_records_its_answer_start_and_success_at_the_answered_attempt(tmp_path):
+    path = tmp_path / "pure_attempt.yaml"
+    path.write_text("name: pure_attempt\ntasks:\n  - id: review\n    approval: 'Ship?'\n")
+    run = kf.load(path, {}).run()
+    kf.approve(run.run_id, "review", by="ana", resume=False)
+    run.resume()
+    assert run.status == "succeeded"
+    assert [(t, a) for t, a, _ in of_task(run, "review")] == [
+        ("TaskScheduled", 1), ("ApprovalRequested", 1), ("ApprovalGranted", 1), ("TaskStarted", 1), ("TaskSucceeded", 1),
+    ]  # fmt: skip
+    assert run.state.tasks["review"].attempt == 1
+
+
+def test_a_rejection_claimed_without_a_name_or_user_is_told_as_rejected_by_someone():
+    src = "import kernelflow as kf\n@kf.approval('ok?')\ndef gate():\n    return 1\n"
+    run = cell("nameless_reject", src).run()
+    [request] = [e for e in run.store.read_run(run.run_id) if e.type == "ApprovalRequested"]
+    # another tool answering through the store directly, with no identity at all
+    claim = {"type": ev.APPROVAL_REJECTED, "by": {"via": "api"}, "answered_at": ev.now_us(), "reason": None}
+    assert run.store.answers.claim(run.run_id, "gate", request.seq, claim) is None
+    with pytest.raises(kf.RunFailedError, match="rejected by someone"):
+        run.resume()
+    assert of_task(run, "gate")[-1] == (
+        "TaskFailed", 1, {"error": {"exc_type": "ApprovalRejected", "message": "rejected by someone", "traceback": False}},
+    )  # fmt: skip
+
+
+# --- replay: who answered, and a side effect the recorded run never reached -------------------------
+
+
+def test_a_replay_records_the_recorded_answer_with_the_recorded_approver_as_actor(monkeypatch):
+    src = "import kernelflow as kf\n@kf.approval('Go?')\ndef publish():\n    return 1\n"
+    run = cell("replay_actor", src).run()
+    kf.approve(run.run_id, "publish", by="bob", resume=False)
+    run.resume()
+    [recorded] = [e for e in run.store.read_run(run.run_id) if e.type == "ApprovalGranted"]
+    _, events = replayed(run, monkeypatch)
+    [again] = [e for e in events if e.type == "ApprovalGranted"]
+    assert again.actor == recorded.actor and again.actor["name"] == "bob"
+
+
+def test_a_replay_starts_a_side_effect_step_the_recorded_run_never_ran_as_a_replay_and_fails_it(tmp_path, monkeypatch):
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text("name: replay_new_step\ntasks:\n  - id: a\n    run: python:a\n")
+    second.write_text("name: replay_new_step\ntasks:\n  - id: a\n    run: python:a\n  - id: sh\n    needs: [a]\n    run: shell\n    argv: [echo, hi]\n")
+    run = kf.load(first, {"a": lambda: 1}).run()
+    report, events = replay_events(run, monkeypatch, workflow=kf.load(second, {"a": lambda: 1}))
+    message = "step 'sh' (shell) is a side effect; replay uses its recorded output, but it has none (recorded: never ran)"
+    assert [(t, a, p) for t, task, a, p in events if task == "sh"] == [
+        ("TaskScheduled", 1, {}),
+        ("TaskStarted", 1, {"executor": "replay"}),
+        ("TaskFailed", 1, {"error": {"exc_type": "StepFailed", "message": message, "traceback": ""}}),
+    ]
+    assert report.replayed.tasks["sh"].status == "failed"

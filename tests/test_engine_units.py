@@ -1093,6 +1093,7 @@ def test_a_replay_does_not_send_an_http_request_again(http_server):
     http_server.route("POST", "/orders", json={"id": 8})  # a request sent again would give 8
     report = run.replay()
     assert report.ok and report.replayed.tasks["side"].output == {"id": 7}
+    assert report.replayed.tasks["side"].attempt == 1
     assert len(http_server.requests) == 1
 
 
