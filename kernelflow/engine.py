@@ -940,7 +940,7 @@ class _Driver:
             self.item_finished(frame, index, None, exc, "")
             return
         meta.update({"kind": "item", "frame": frame, "index": index})
-        self.submit((tid, "item", frame.path + (index,), item_attempt), tid, self.loops.get(tid, 1), fn, kwargs, meta)
+        self.submit((tid, "item", frame.path + (index,), item_attempt), tid, self.loops[tid], fn, kwargs, meta)
 
     def item_finished(self, frame: _Frame, index: int, value: Any, exc: BaseException | None, tb: str) -> None:
         tid = frame.tid
