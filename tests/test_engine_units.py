@@ -1185,7 +1185,9 @@ class _Refusing:
         raise RuntimeError("cannot stop")
 
 
-def test_an_executor_that_raises_in_submit_fails_the_attempt_naming_its_plugin():
+@pytest.fixture
+def refusing_executor():
+    """The executor 'refusing' (whose submit raises), from the plugin 'refusing-executor'."""
     from kernelflow import plugin_host
     from kernelflow.executor_api import ExecutorSpec
 
@@ -1196,12 +1198,16 @@ def test_an_executor_that_raises_in_submit_fails_the_attempt_naming_its_plugin()
 
     plugin = Plugin()
     plugin_host.register(plugin, name="refusing-executor")
-    try:
-        wf, _ = define("refused", "@kf.task(executor='refusing')\ndef a():\n    return 1\n")
-        with pytest.warns(plugin_host.PluginWarning) as warned:
-            run = wf.run(raise_on_failure=False)
-    finally:
-        plugin_host.unregister(plugin)
+    yield "refusing"
+    plugin_host.unregister(plugin)
+
+
+def test_an_executor_that_raises_in_submit_fails_the_attempt_naming_its_plugin(refusing_executor):
+    from kernelflow import plugin_host
+
+    wf, _ = define("refused", "@kf.task(executor='refusing')\ndef a():\n    return 1\n")
+    with pytest.warns(plugin_host.PluginWarning) as warned:
+        run = wf.run(raise_on_failure=False)
     assert [str(w.message) for w in warned] == [
         "kernelflow plugin 'refusing-executor' raised in executor 'refusing' shutdown: RuntimeError: cannot stop; the run goes on"
     ]
@@ -1215,24 +1221,13 @@ def test_an_executor_that_raises_in_submit_fails_the_attempt_naming_its_plugin()
     assert "scheduler refused the job" in error["traceback"]
 
 
-def test_the_error_of_an_executor_that_raised_in_submit_comes_from_the_executors_exception():
+def test_the_error_of_an_executor_that_raised_in_submit_comes_from_the_executors_exception(refusing_executor):
     from kernelflow import plugin_host
     from kernelflow.exceptions import PluginError
-    from kernelflow.executor_api import ExecutorSpec
 
-    class Plugin:
-        @kf.hookimpl
-        def kernelflow_register_executors(self):
-            return [ExecutorSpec("refusing", _Refusing, "always refuses")]
-
-    plugin = Plugin()
-    plugin_host.register(plugin, name="refusing-executor")
-    try:
-        wf, _ = define("refused_cause", "@kf.task(executor='refusing')\ndef a():\n    return 1\n")
-        with pytest.warns(plugin_host.PluginWarning), pytest.raises(kf.RunFailedError) as failed:
-            wf.run()
-    finally:
-        plugin_host.unregister(plugin)
+    wf, _ = define("refused_cause", "@kf.task(executor='refusing')\ndef a():\n    return 1\n")
+    with pytest.warns(plugin_host.PluginWarning), pytest.raises(kf.RunFailedError) as failed:
+        wf.run()
     error = failed.value.__cause__
     assert isinstance(error, PluginError)
     assert isinstance(error.__cause__, ConnectionError)
