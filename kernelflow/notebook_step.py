@@ -59,13 +59,13 @@ def run_notebook(
     if not path.is_absolute():
         path = (base_dir or Path.cwd()) / path
     if path.suffix != ".ipynb":
-        raise StepError(f"{where}: {notebook!r} is not a notebook (.ipynb)", task_id=task_id)
+        raise StepError(mask(f"{where}: {notebook!r} is not a notebook (.ipynb)"), task_id=task_id)
     if not path.is_file():
-        raise StepError(f"{where}: notebook {notebook!r} not found (looked for {path})", task_id=task_id)
+        raise StepError(mask(f"{where}: notebook {notebook!r} not found (looked for {path})"), task_id=task_id)
     try:
         values = check_parameters(path, dict(parameters or {}), what=f"{where} ({path.name})")
     except InputError as exc:
-        raise StepError(str(exc), task_id=task_id) from None
+        raise StepError(mask(str(exc)), task_id=task_id) from None
 
     ctx = current_context()
     run = ctx.run if ctx is not None else None

@@ -1,21 +1,26 @@
 """How the engine prepares the call of each step kind, to the exact arguments the step receives.
 
-Covers what tests/test_engine_units.py and tests/test_control_flow.py leave open in
-kernelflow/engine.py's ``_Driver.prepare``, ``_arg_text`` and ``_jsonable``: every option a
-shell step hands to the command (argv values as text, shell, cwd, env, inherit_env,
-max_output, stdin, masking), what an http request carries (headers, query, body, max_body),
-where a notebook step looks for a relative notebook (no kernel starts: the notebooks are
-missing), a sub-workflow's inputs in a forEach loop and its timeout, switch values that are
-null, not a template, or read the forEach item, the repr a long switch value is recorded as,
-and the call time a circuit breaker's probe reports with. Fast, in-process, thread executor;
-two short subprocesses.
+Covers what tests/test_engine_units.py leaves open in kernelflow/engine.py's ``_Driver.prepare``,
+``_arg_text`` and ``_jsonable`` (tests/test_control_flow.py is too slow to run against every
+mutant, so what only it checked is pinned here too): every option a shell step hands to the
+command (argv values as text, shell, cwd, env, inherit_env, max_output and its default, stdin,
+timeout, masking, the task named in errors), what an http request carries (headers, query,
+body, max_body, masked output), what a notebook step checks before a kernel starts (where a
+relative notebook is, its parameters, the kernel it names, masked errors: no kernel ever
+starts), a sub-workflow's inputs in a forEach loop, its pinned version, the task its child run
+names and its timeout, switch values that are null, boolean, not a template or read the forEach
+item, the no-match error, the repr a long switch value is recorded as, and what a circuit
+breaker records when asked before a call. Fast, in-process, thread executor; a few short
+subprocesses.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
+import nbformat
 from http_server import http_server_fixture  # noqa: F401 - the `http_server` fixture (a server thread)
 from test_engine_units import cell, of_task
 
@@ -56,6 +61,32 @@ def test_a_shell_step_gets_its_arguments_as_text_and_every_option_it_declares(tm
     assert (joined, truncated) == ("fghijklmnopqrstunset", True)
     # The step's own output is masked, so the value the next task gets holds no secret.
     assert (stderr, leaked) == ("***", False)
+
+
+def test_a_shell_step_that_fails_names_its_task_in_the_message():
+    src = 'import kernelflow as kf\nbad = kf.shell(["sh", "-c", "echo oops >&2; exit 3"])\n'
+    run = cell("sh_fail", src).run(raise_on_failure=False)
+    assert run.state.tasks["bad"].error["message"] == "shell step 'bad' exited with code 3: oops"
+
+
+def test_a_shell_step_stops_its_command_at_the_tasks_timeout():
+    src = 'import kernelflow as kf\nslow = kf.shell(["sleep", "5"], timeout=0.2)\n'
+    run = cell("sh_slow", src).run(raise_on_failure=False)
+    # The engine leaves a shell step's timeout to the step (it kills the process
+    # group), so without it the command would run its 5 s and succeed.
+    assert of_task(run, "slow")[-1] == ("TaskTimedOut", 1, {"timeout_s": 0.2, "error": {
+        "exc_type": "StepTimeoutError", "traceback": True,
+        "message": "shell step 'slow' timed out after 0.2s; its process group was stopped"}})  # fmt: skip
+
+
+def test_a_shell_step_keeps_one_million_bytes_of_output_unless_it_says_otherwise():
+    src = """
+import kernelflow as kf
+big = kf.shell(["sh", "-c", "head -c 1000001 /dev/zero | tr '\\\\0' x"])
+def seen(big):
+    return [len(big["stdout"]), big["stdout_truncated"]]
+"""
+    assert cell("sh_big", src).run().output == [1_000_000, True]
 
 
 # --- switch: the value and its label ------------------------------------------------------------
@@ -114,6 +145,49 @@ route = kf.switch("{{tasks.parse.output.kind}}", cases={"a": other}, default=oth
     assert value == repr(set(range(100)))[:200] and len(value) == 200
 
 
+def test_a_true_switch_value_matches_the_case_written_true():
+    src = """
+import kernelflow as kf
+def yes():
+    return "yes"
+def no():
+    return "no"
+route = kf.switch("{{inputs.flag}}", cases={True: yes, False: no})
+"""
+    run = cell("sw_bool", src).run(flag=True)
+    # A boolean is labelled as YAML writes it, so `true:` in a file and True in Python agree.
+    assert of_task(run, "route")[2] == ("SwitchMatched", None, {"value": True, "case": "true", "target": "python:yes"})
+    assert run.output == "yes"
+
+
+def test_a_text_switch_value_matches_its_case_with_the_same_capitals():
+    src = """
+import kernelflow as kf
+def upper():
+    return "Yes"
+def other():
+    return "other"
+route = kf.switch("{{inputs.answer}}", cases={"Yes": upper}, default=other)
+"""
+    run = cell("sw_case", src).run(answer="Yes")
+    assert of_task(run, "route")[2] == ("SwitchMatched", None, {"value": "Yes", "case": "Yes", "target": "python:upper"})
+
+
+def test_a_switch_without_a_matching_case_or_default_fails_listing_its_cases():
+    src = """
+import kernelflow as kf
+def a():
+    return 1
+def b():
+    return 2
+route = kf.switch("{{inputs.fmt}}", cases={"csv": a, "json": b})
+"""
+    run = cell("sw_none", src).run(fmt="xml", raise_on_failure=False)
+    assert run.state.tasks["route"].error["message"] == (
+        "switch of task 'route': no case matches 'xml' (cases: csv, json) and there is no default; add the case or a default"
+    )
+
+
 # --- circuit breakers: which probe reports ------------------------------------------------------
 
 
@@ -137,6 +211,25 @@ def call():
     assert (state["status"], state["probes"], state["probe_successes"]) == ("half_open", [other_probe], 1)
 
 
+def test_a_circuit_whose_break_is_over_records_its_move_to_half_open_with_name_and_reason():
+    from kernelflow.store_access import open_store
+
+    # Opened two minutes ago for one: the next call finds its break over.
+    opened = {"status": "open", "opened_at": time.time() - 120, "open_until": time.time() - 60}
+    open_store().circuits.transact("svc_over", lambda _: (None, opened))
+    src = """
+import kernelflow as kf
+@kf.task(circuit_breaker={"failure_threshold": 2, "window": "60s", "break_duration": "60s", "name": "svc_over"})
+def call():
+    return "fresh"
+"""
+    run = cell("over", src).run()
+    changes = [p for t, _, p in of_task(run, "call") if t == "CircuitChanged"]
+    assert changes[0] == {
+        "circuit": "svc_over", "transition": "open->half_open", "reason": "circuit 'svc_over' is half-open: this call is trial 1 of 1",
+    }  # fmt: skip
+
+
 # --- http: what the request carries ----------------------------------------------------------------
 
 HTTP = """
@@ -158,6 +251,14 @@ def test_an_http_step_sends_its_headers_query_and_body_and_keeps_to_its_max_body
         f"http step 'big': GET {http_server.url}/big returned a body larger than max_body=10 bytes; "
         "raise max_body or ask the server for less"
     )
+
+
+def test_an_http_steps_output_has_the_secrets_it_received_masked(http_server, monkeypatch):
+    monkeypatch.setenv("KF_TEST_SECRET", SECRET)
+    http_server.route("GET", "/token", json={"token": SECRET, "n": 1})
+    src = "import kernelflow as kf\nget = kf.http('GET', URL + '/token', headers={'Authorization': '{{secrets.KF_TEST_SECRET}}'})\n"
+    run = cell("http_mask", src, {"URL": http_server.url}).run()
+    assert run.output == {"token": "***", "n": 1}
 
 
 # --- notebook: where a relative path is looked for ---------------------------------------------------
@@ -194,6 +295,44 @@ def test_a_workflow_whose_file_is_gone_looks_for_a_relative_notebook_in_the_work
     )
 
 
+def _notebook(path):
+    """A notebook whose parameters cell declares `rows` and whose own kernel does not exist
+    (so no kernel ever starts: a step naming no kernel fails on this one)."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "kf-notebook-kernel-missing", "language": "python", "display_name": "none"}
+    params = nbformat.v4.new_code_cell("rows = 10")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells.append(params)
+    nbformat.write(nb, str(path))
+    return str(path)
+
+
+def test_a_notebook_step_runs_on_the_kernel_it_names_over_the_notebooks_own(tmp_path):
+    src = "import kernelflow as kf\nreport = kf.notebook(NB, kernel='kf-step-kernel-missing')\n"
+    run = cell("nb_kernel", src, {"NB": _notebook(tmp_path / "report.ipynb")}).run(raise_on_failure=False)
+    assert run.state.tasks["report"].error["message"] == (
+        "notebook step 'report': report.ipynb could not run: NoSuchKernel: No such kernel named kf-step-kernel-missing"
+    )
+
+
+def test_a_notebook_steps_parameters_are_checked_against_its_parameters_cell(tmp_path):
+    src = "import kernelflow as kf\nreport = kf.notebook(NB, {'rows': 3, 'colums': 2}, kernel='kf-step-kernel-missing')\n"
+    run = cell("nb_params", src, {"NB": _notebook(tmp_path / "report.ipynb")}).run(raise_on_failure=False)
+    assert run.state.tasks["report"].error["message"] == (
+        "notebook step 'report' (report.ipynb) has no parameter 'colums'\n  fix: its parameters cell defines: rows"
+    )
+
+
+def test_a_notebook_step_that_cannot_start_fails_with_a_step_error_with_secrets_masked(tmp_path, monkeypatch):
+    monkeypatch.setenv("KF_TEST_SECRET", SECRET)
+    src = "import kernelflow as kf\nreport = kf.notebook(NB, kernel='{{secrets.KF_TEST_SECRET}}')\n"
+    run = cell("nb_secret", src, {"NB": _notebook(tmp_path / "report.ipynb")}).run(raise_on_failure=False)
+    error = run.state.tasks["report"].error
+    assert (error["exc_type"], error["message"]) == (
+        "StepError", "notebook step 'report': report.ipynb could not run: NoSuchKernel: No such kernel named ***"
+    )
+
+
 # --- sub-workflows: the child's inputs and the step's timeout -------------------------------------------
 
 
@@ -217,3 +356,24 @@ def test_the_engine_stops_waiting_for_a_sub_workflow_at_the_steps_timeout():
     # A sub-workflow has no deadline of its own (unlike shell, http and notebook steps):
     # the engine's is the one that ends the wait.
     assert run.state.tasks["sub"].error["message"] == "task 'sub' ran longer than its timeout of 100ms"
+
+
+def test_a_sub_workflows_child_run_names_the_task_that_called_it():
+    import kernelflow as kf
+
+    ns: dict = {}
+    ns["named_child"] = cell("named_child", "def one():\n    return 1\n", ns)
+    run = cell("named_parent", "import kernelflow as kf\nsub = kf.subworkflow(named_child)\n", ns).run()
+    started = kf.sql("SELECT workflow, payload FROM events WHERE type = 'RunStarted'")
+    [child] = [json.loads(p) for w, p in zip(started["workflow"], started["payload"]) if w == "named_child"]
+    assert (child["parent_run_id"], child["parent_task"]) == (run.run_id, "sub")
+
+
+def test_a_sub_workflow_pinned_to_a_version_runs_that_version_not_the_latest():
+    ns: dict = {}
+    first = cell("versioned_child", "def which():\n    return 'first'\n", ns)
+    ns["versioned_child"] = cell("versioned_child", "def which():\n    return 'second'\n", ns)
+    assert first.version != ns["versioned_child"].version
+    ns["PINNED"] = first.version
+    run = cell("versioned_parent", "import kernelflow as kf\nsub = kf.subworkflow(versioned_child, version=PINNED)\n", ns).run()
+    assert run.output == "first"

@@ -127,3 +127,15 @@ def test_record_outside_a_kernel_keeps_the_value_and_refuses_bad_names():
     assert kf.record("answer", 42) == 42 and recorded()["answer"] == 42
     with pytest.raises(kf.KernelflowError, match="the name must be non-empty text"):
         kf.record("", 1)
+
+
+@pytest.mark.parametrize("name", ["s3cret-report.ipynb", "s3cret-report.txt"])
+def test_run_notebook_masks_a_secret_in_a_notebook_path_it_cannot_use(tmp_path, name):
+    # called outside a run (no engine to mask its errors), the step masks its own messages
+    from kernelflow.notebook_step import run_notebook
+    from kernelflow.step_errors import StepError
+
+    with pytest.raises(StepError) as failed:
+        run_notebook(name, base_dir=tmp_path, task_id="report", mask=lambda text: text.replace("s3cret", "***"))
+    assert "s3cret" not in str(failed.value)
+    assert "***-report" in str(failed.value)
