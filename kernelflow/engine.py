@@ -1251,8 +1251,9 @@ class _Driver:
                 self.completed.remove(t)
             self.emit(ev.TASK_RESET, t, state.attempt or None, {"iteration": state.iteration + 1, "loop_from": tid})
         body_set = set(body)
-        # Retries due to items of the loops just reset would start items of a discarded frame.
-        self.retry_heap = [r for r in self.retry_heap if isinstance(r[2], str) or r[2][0].tid not in body_set]
+        # A retry due to a task just reset would fire into its next pass (early, and at the old
+        # attempt); one due to an item of a loop just reset would start an item of a discarded frame.
+        self.retry_heap = [r for r in self.retry_heap if (r[2] if isinstance(r[2], str) else r[2][0].tid) not in body_set]
         heapq.heapify(self.retry_heap)
         # A fresh pass through the region: skip_to exemptions and the counters
         # of loops nested inside it start over (the outer loop's count goes on).

@@ -242,6 +242,28 @@ def test_a_jump_back_drops_the_retries_of_the_bodys_items_and_keeps_the_others()
     assert (run["inside"]["outputs"], run["outside"]["outputs"], run["flaky"]) == (["a"], ["b"], "flaky")
 
 
+RETRIED_IN_BODY = (
+    "CALLS = []\n"
+    "def fetch():\n    CALLS.append('fetch')\n    return CALLS.count('fetch')\n"
+    "@kf.task(back_to={'step': 'fetch', 'when': '{{output}} < 2'})\ndef check(fetch):\n    return fetch\n"
+    "@kf.task(retries=3, retry_delay=0.2, jitter=0)\n"
+    "def side(fetch):\n    CALLS.append('side')\n    if CALLS.count('side') < 3:\n        raise ValueError('no')\n    return 1\n"
+)
+
+
+def test_a_retry_due_to_a_task_of_the_body_is_dropped_so_its_next_pass_retries_on_its_own_delay():
+    # side's first try fails (retry due in 0.2 s) before check jumps back over it; in the next
+    # pass it fails again: the retry that follows is the new one, at the next attempt
+    with scripted(hold=["check"], release=("side", 1)):
+        wf, _ = define("retried_in_body", RETRIED_IN_BODY, executor="scripted")
+        run = wf.run()
+    assert run.status == "succeeded"
+    assert [(t, a) for t, a, _ in of_task(run, "side")] == [
+        ("TaskScheduled", 1), ("TaskStarted", 1), ("TaskRetrying", 1), ("TaskReset", 1),
+        ("TaskScheduled", 2), ("TaskStarted", 2), ("TaskRetrying", 2), ("TaskScheduled", 3), ("TaskStarted", 3), ("TaskSucceeded", 3),
+    ]  # fmt: skip
+
+
 # --- skip_to ------------------------------------------------------------------------------------
 
 
