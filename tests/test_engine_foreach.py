@@ -83,21 +83,6 @@ def test_a_failed_first_item_of_two_is_retried_before_the_second_starts():
     assert [(p["index"], p["status"]) for p in items_of(run, "it")] == [(0, "retrying"), (0, "succeeded"), (1, "succeeded")]
 
 
-def test_an_items_retry_takes_back_the_slot_it_held_so_no_other_item_runs_beside_it():
-    # max_parallel=1: while item 0's retry runs, item 1 must wait for the slot
-    src = (
-        "second = threading.Event()\nTRIES = []\nSAW = []\n"
-        "@kf.task(retries=1, retry_delay=0.05, jitter=0)\n@kf.for_each([0, 1], max_parallel=1)\ndef it(item):\n"
-        "    TRIES.append(item)\n    if item == 1:\n        second.set()\n        return item\n"
-        "    if TRIES == [0]:\n        raise ValueError('again')\n    SAW.append(second.wait(0.15))\n    return item\n"
-    )
-    wf, ns = define("each_retry_slot", src)
-    run = wf.run()
-    assert run["it"]["outputs"] == [0, 1]
-    assert ns["TRIES"] == [0, 0, 1]
-    assert ns["SAW"] == [False]
-
-
 # --- max_parallel ----------------------------------------------------------------------------
 
 

@@ -927,6 +927,22 @@ def test_a_failed_item_fails_a_for_each_task_naming_the_first_failed_item():
         "message": "forEach of task 'inv': 1 of 3 items failed; first: item 1: ZeroDivisionError: integer division or modulo by zero"}})  # fmt: skip
 
 
+def test_an_items_retry_takes_back_the_slot_it_held_so_no_other_item_runs_beside_it():
+    # max_parallel=1: while item 0's retry runs, item 1 must wait for the slot (the run loop hands
+    # the slot the waiting retry held back to it)
+    src = (
+        "second = threading.Event()\nTRIES = []\nSAW = []\n"
+        "@kf.task(retries=1, retry_delay=0.05, jitter=0)\n@kf.for_each([0, 1], max_parallel=1)\ndef it(item):\n"
+        "    TRIES.append(item)\n    if item == 1:\n        second.set()\n        return item\n"
+        "    if TRIES == [0]:\n        raise ValueError('again')\n    SAW.append(second.wait(0.15))\n    return item\n"
+    )
+    wf, ns = define("each_retry_slot", src)
+    run = wf.run()
+    assert run["it"]["outputs"] == [0, 1]
+    assert ns["TRIES"] == [0, 0, 1]
+    assert ns["SAW"] == [False]
+
+
 def test_a_for_each_item_is_retried_with_its_own_delay():
     src = (
         "SEEN = []\n"
