@@ -991,6 +991,17 @@ def test_for_each_items_that_are_not_a_list_fail_the_task_naming_what_they_gave(
     ]  # fmt: skip
 
 
+def test_for_each_items_that_cannot_be_computed_are_retried_as_an_error_unless_retry_on_leaves_it_out():
+    # the StepFailed of bad items is an "error" attempt: retried with that reason, and only if retry_on takes it
+    base = "def n():\n    return 5\n@kf.task(retries=1, retry_delay=0, jitter=0{on})\n@kf.for_each('{{{{tasks.n.output}}}}')\ndef each(item, n):\n    return item\n"
+    run = define("each_bad_retried", base.format(on=""))[0].run(raise_on_failure=False)
+    rec = of_task(run, "each")
+    assert [t for t, _, _ in rec] == ["TaskScheduled", "TaskStarted", "TaskRetrying", "TaskScheduled", "TaskStarted", "TaskFailed"]
+    assert rec[2][2]["reason"] == "error"
+    run = define("each_bad_not_retried", base.format(on=", retry_on=[ConnectionError]"))[0].run(raise_on_failure=False)
+    assert [t for t, _, _ in of_task(run, "each")] == ["TaskScheduled", "TaskStarted", "TaskFailed"]
+
+
 def test_a_for_each_item_has_its_path_in_its_context_and_a_plain_task_none():
     src = (
         "def plain():\n    c = kf.context()\n    return [list(c.item), c.scope]\n"
