@@ -715,14 +715,14 @@ class _Driver:
         if kind == "switch":
             fn = self.switch_target(tid, scope)
             return fn, self.kwargs_for(tid, fn, scope), meta
+        if kind == "workflow":  # the child run keeps its own tasks' timeouts; the engine times the call
+            return self.child_call(tid, scope), {}, meta
         call_of = _ACTION_CALLS.get(kind)
         if call_of is None:
             raise StepFailed(f"task {tid!r}: unknown step kind {kind!r}")
         from .expressions import render_value
 
         action = render_value(dict(spec.action), self.context(scope))
-        if kind == "workflow":  # the child run keeps its own tasks' timeouts; the engine times the call
-            return self.child_call(tid, action, scope), {}, meta
         meta["own_timeout"] = True  # the step enforces its timeout itself (kills the process, aborts the request)
         return call_of(self, tid, action, task.options.timeout, self.masker.text), {}, meta
 
@@ -830,11 +830,14 @@ class _Driver:
 
         return call_notebook
 
-    def child_call(self, tid: str, action: dict[str, Any], scope: Mapping[str, Any] | None) -> Callable[[], Any]:
+    def child_call(self, tid: str, scope: Mapping[str, Any] | None) -> Callable[[], Any]:
         from .expressions import render_value
         from .subworkflows import call_subworkflow
 
-        child_inputs = render_value(dict(self.index[tid].spec.input), self.context(scope))
+        spec = self.index[tid].spec
+        context = self.context(scope)
+        action = render_value(dict(spec.action), context)
+        child_inputs = render_value(dict(spec.input), context)
         run = self.run
 
         def call_child() -> Any:
@@ -1341,12 +1344,12 @@ def _fit(fn: Callable[..., Any], available: Mapping[str, Any]) -> dict[str, Any]
     return {k: v for k, v in available.items() if k in params}
 
 
-# The steps that are not Python functions: how each one's call is made from its rendered action.
+# The steps that run something outside the engine and enforce their own timeout: how each
+# one's call is made from its rendered action (a sub-workflow is prepared by child_call).
 _ACTION_CALLS: dict[str, Callable[..., Callable[[], Any]]] = {
     "shell": _Driver.shell_call,
     "http": _Driver.http_call,
     "notebook": _Driver.notebook_call,
-    "workflow": _Driver.child_call,
 }
 
 
